@@ -1,0 +1,325 @@
+//! Publisher connections: the controller line protocol (`ADDMESSAGE`,
+//! `COUNTSUBSCRIBERS`, `LISTCHANNELS`, `SHOWSTATS`, `QUIT`) as a small
+//! state machine that reads lines, answers them and closes after flushing.
+
+use crate::channel::Channels;
+use crate::conn::{Io, READS_PER_TURN, Reason, read_some, write_some};
+use crate::stats::Stats;
+use mio::net::TcpStream;
+use std::io::Write;
+use std::net::SocketAddr;
+
+/// Stop reading commands while this many reply bytes wait for the peer.
+const OUT_HIGH_WATER: usize = 1024 * 1024;
+
+/// One parsed controller command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    AddMessage { channel: &'a [u8], text: &'a [u8] },
+    CountSubscribers { channel: &'a [u8] },
+    ListChannels,
+    ShowStats,
+    Quit,
+}
+
+fn is_space(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// Splits off a run of non-whitespace after at least one whitespace byte.
+fn argument(rest: &[u8]) -> Option<(&[u8], &[u8])> {
+    let skip = rest.iter().position(|&b| !is_space(b))?;
+    if skip == 0 {
+        return None;
+    }
+    let rest = &rest[skip..];
+    let end = rest.iter().position(|&b| is_space(b)).unwrap_or(rest.len());
+    Some((&rest[..end], &rest[end..]))
+}
+
+/// Parses one line (without its LF; a CR before it is already dropped).
+pub fn parse(line: &[u8]) -> Option<Command<'_>> {
+    let word_end = line.iter().position(|&b| is_space(b)).unwrap_or(line.len());
+    let (word, rest) = line.split_at(word_end);
+    let only_space = |r: &[u8]| r.iter().all(|&b| is_space(b));
+    match word {
+        b"ADDMESSAGE" => {
+            let (channel, after) = argument(rest)?;
+            // Exactly one separator, then the text byte for byte.
+            let text = after.get(1..)?;
+            Some(Command::AddMessage { channel, text })
+        }
+        b"COUNTSUBSCRIBERS" => {
+            let (channel, after) = argument(rest)?;
+            only_space(after).then_some(Command::CountSubscribers { channel })
+        }
+        b"LISTCHANNELS" if only_space(rest) => Some(Command::ListChannels),
+        b"SHOWSTATS" if only_space(rest) => Some(Command::ShowStats),
+        b"QUIT" if only_space(rest) => Some(Command::Quit),
+        _ => None,
+    }
+}
+
+/// Where a controller is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading and answering commands.
+    Open,
+    /// Sending what is left of the replies, then closing for this reason.
+    Closing(Reason),
+}
+
+/// A publisher connection.
+pub struct Controller {
+    pub socket: TcpStream,
+    pub peer: SocketAddr,
+    /// Bytes of a line not yet complete; empty (unallocated) when idle.
+    partial: Vec<u8>,
+    /// Replies not yet written, from `out_pos`.
+    out: Vec<u8>,
+    out_pos: usize,
+    phase: Phase,
+}
+
+/// What the loop should do after driving a controller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Wait for the next readiness event.
+    Wait,
+    /// More input may be waiting: drive again next turn.
+    Yield,
+    Close(Reason),
+}
+
+/// What commands need from the rest of the server.
+pub struct Context<'a> {
+    pub channels: &'a mut Channels,
+    pub stats: &'a mut Stats,
+    pub max_line: usize,
+    pub max_channel_name: usize,
+    pub now_ms: u64,
+}
+
+impl Controller {
+    pub fn new(socket: TcpStream, peer: SocketAddr) -> Controller {
+        Controller {
+            socket,
+            peer,
+            partial: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            phase: Phase::Open,
+        }
+    }
+
+    /// Queues a last message (the `ControllerShutdownMsg`) and closes once sent.
+    pub fn shut_down(&mut self, message: &[u8]) {
+        if self.phase == Phase::Open {
+            self.out.extend_from_slice(message);
+            self.phase = Phase::Closing(Reason::Shutdown);
+        }
+    }
+
+    /// Writes pending replies; false when the peer is gone.
+    fn flush(&mut self, stats: &mut Stats) -> Result<(), Reason> {
+        while self.out_pos < self.out.len() {
+            match write_some(&mut self.socket, &self.out[self.out_pos..]) {
+                Io::Progress(n) => {
+                    self.out_pos += n;
+                    stats.total_outbound_bytes += n as u64;
+                }
+                Io::WouldBlock => return Ok(()),
+                Io::Closed => return Err(Reason::RemoteClosed),
+                Io::Failed(e) => return Err(Reason::Error(e.kind())),
+            }
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        if self.out.capacity() > 64 * 1024 {
+            self.out = Vec::new();
+        }
+        Ok(())
+    }
+
+    fn backlog(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Reads, answers and writes until the socket would block, the reply
+    /// backlog is too large, or the turn's share is used up.
+    pub fn drive(&mut self, ctx: &mut Context, scratch: &mut [u8]) -> Step {
+        for _ in 0..READS_PER_TURN {
+            if let Err(reason) = self.flush(ctx.stats) {
+                return Step::Close(reason);
+            }
+            if let Phase::Closing(reason) = self.phase {
+                return if self.backlog() == 0 {
+                    Step::Close(reason)
+                } else {
+                    Step::Wait
+                };
+            }
+            if self.backlog() > OUT_HIGH_WATER {
+                return Step::Wait;
+            }
+            match read_some(&mut self.socket, scratch) {
+                Io::Progress(n) => {
+                    ctx.stats.total_inbound_bytes += n as u64;
+                    self.take_input(&scratch[..n], ctx);
+                }
+                Io::WouldBlock => {
+                    return match self.flush(ctx.stats) {
+                        Err(reason) => Step::Close(reason),
+                        Ok(()) => Step::Wait,
+                    };
+                }
+                // A half-closed publisher (nc -N) still gets its replies.
+                Io::Closed => self.phase = Phase::Closing(Reason::RemoteClosed),
+                Io::Failed(e) => return Step::Close(Reason::Error(e.kind())),
+            }
+        }
+        Step::Yield
+    }
+
+    /// Splits input into lines and answers each complete one.
+    fn take_input(&mut self, mut data: &[u8], ctx: &mut Context) {
+        while self.phase == Phase::Open {
+            let Some(nl) = memchr::memchr(b'\n', data) else {
+                break;
+            };
+            if self.partial.is_empty() {
+                self.answer(&data[..nl], ctx);
+            } else {
+                let mut line = std::mem::take(&mut self.partial);
+                line.extend_from_slice(&data[..nl]);
+                self.answer(&line, ctx);
+            }
+            data = &data[nl + 1..];
+        }
+        if self.phase != Phase::Open {
+            return;
+        }
+        if self.partial.len() + data.len() > ctx.max_line {
+            self.partial = Vec::new();
+            self.reply(ctx.stats, b"ERR Line too long\r\n");
+            self.phase = Phase::Closing(Reason::LineTooLong);
+        } else {
+            self.partial.extend_from_slice(data);
+        }
+    }
+
+    fn reply(&mut self, stats: &mut Stats, bytes: &[u8]) {
+        if bytes.starts_with(b"ERR") {
+            stats.errors_served += 1;
+        }
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Executes one line and queues its reply.
+    fn answer(&mut self, line: &[u8], ctx: &mut Context) {
+        if line.len() > ctx.max_line {
+            self.reply(ctx.stats, b"ERR Line too long\r\n");
+            self.phase = Phase::Closing(Reason::LineTooLong);
+            return;
+        }
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // Writing into a Vec cannot fail.
+        match parse(line) {
+            Some(Command::AddMessage { channel, .. } | Command::CountSubscribers { channel })
+                if channel.len() > ctx.max_channel_name =>
+            {
+                self.reply(ctx.stats, b"ERR Channel name too long\r\n");
+            }
+            Some(Command::AddMessage { channel, text }) => {
+                let id = ctx.channels.publish(channel, text, ctx.now_ms);
+                ctx.stats.unique_messages += 1;
+                let _ = write!(self.out, "OK\t{id}\r\n");
+            }
+            Some(Command::CountSubscribers { channel }) => {
+                let n = ctx.channels.by_name(channel).map_or(0, |c| c.persistent);
+                let _ = write!(self.out, "OK {n}\r\n");
+            }
+            Some(Command::ListChannels) => {
+                self.out.extend_from_slice(b"OK\r\n");
+                for channel in ctx.channels.sorted() {
+                    self.out.extend_from_slice(&channel.name);
+                    let _ = write!(
+                        self.out,
+                        "({}/{})\r\n",
+                        channel.message_count(),
+                        channel.persistent
+                    );
+                }
+                self.out.extend_from_slice(b"--EOT--\r\n");
+            }
+            Some(Command::ShowStats) => {
+                let stats = &*ctx.stats;
+                let _ = write!(
+                    self.out,
+                    "OK\r\nuptime: {}\r\nchannel_count: {}\r\n",
+                    stats.started.elapsed().as_secs(),
+                    ctx.channels.len()
+                );
+                for (name, value) in stats.counters() {
+                    let _ = write!(self.out, "{name}: {value}\r\n");
+                }
+                self.out.extend_from_slice(b"--EOT--\r\n");
+            }
+            Some(Command::Quit) => {
+                self.out.extend_from_slice(b"OK\r\n");
+                self.phase = Phase::Closing(Reason::Quit);
+            }
+            None => self.reply(ctx.stats, b"ERR Invalid command syntax\r\n"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addmessage_keeps_the_text_byte_for_byte() {
+        assert_eq!(
+            parse(b"ADDMESSAGE \t chan a  b\tc "),
+            Some(Command::AddMessage {
+                channel: b"chan",
+                text: b"a  b\tc "
+            })
+        );
+        assert_eq!(
+            parse(b"ADDMESSAGE chan "),
+            Some(Command::AddMessage {
+                channel: b"chan",
+                text: b""
+            })
+        );
+        assert_eq!(
+            parse(b"ADDMESSAGE chan\t\tx"),
+            Some(Command::AddMessage {
+                channel: b"chan",
+                text: b"\tx"
+            })
+        );
+        assert_eq!(parse(b"ADDMESSAGE chan"), None);
+        assert_eq!(parse(b"ADDMESSAGE"), None);
+        assert_eq!(parse(b"ADDMESSAGEx chan t"), None);
+    }
+
+    #[test]
+    fn other_commands_are_exact() {
+        assert_eq!(
+            parse(b"COUNTSUBSCRIBERS c"),
+            Some(Command::CountSubscribers { channel: b"c" })
+        );
+        assert_eq!(parse(b"COUNTSUBSCRIBERS c d"), None);
+        assert_eq!(parse(b"COUNTSUBSCRIBERS"), None);
+        assert_eq!(parse(b"LISTCHANNELS"), Some(Command::ListChannels));
+        assert_eq!(parse(b"SHOWSTATS"), Some(Command::ShowStats));
+        assert_eq!(parse(b"SHOWSTATSx"), None);
+        assert_eq!(parse(b"SHOWSTATS x"), None);
+        assert_eq!(parse(b"showstats"), None);
+        assert_eq!(parse(b"QUIT"), Some(Command::Quit));
+        assert_eq!(parse(b""), None);
+    }
+}

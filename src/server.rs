@@ -1,0 +1,675 @@
+//! The event loop: one `mio::Poll`, every socket in one slab. The loop only
+//! dispatches (readiness, timers, signals) to the connection state machines,
+//! flushes new events to subscribers before each poll, and owns the one
+//! place where a connection closes.
+
+use crate::channel::Channels;
+use crate::config::{self, Config, RawSettings};
+use crate::conn::{Conn, Reason, SCRATCH_BYTES};
+use crate::controller::{self, Controller};
+use crate::docs::Documents;
+use crate::http::HttpError;
+use crate::stats::Stats;
+use crate::subscriber::{self, State, Step, Subscriber};
+use crate::{debug, info, log};
+use mio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::collections::{BTreeSet, HashMap};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long accepting pauses after the process ran out of descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Connections accepted per listener per turn before others get a go.
+const ACCEPTS_PER_TURN: usize = 256;
+/// Descriptors kept free for listeners, files and the signal pipe.
+const RESERVED_FDS: usize = 32;
+/// How long a shutdown waits for unsent data before giving up.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The signals the loop reacts to, each raising its own flag.
+struct Signals {
+    hup: Arc<AtomicBool>,
+    usr1: Arc<AtomicBool>,
+    usr2: Arc<AtomicBool>,
+    term: Arc<AtomicBool>,
+}
+
+/// The whole server state. Fields are separate so that a connection and
+/// the channels can be borrowed at once.
+pub struct Server {
+    poll: Poll,
+    conns: Slab<Conn>,
+    config: Config,
+    command_line: RawSettings,
+    channels: Channels,
+    stats: Stats,
+    docs: Documents,
+    /// Persistent subscribers by hostid.
+    hosts: HashMap<Box<str>, usize>,
+    /// (deadline, token) of every connection that has one.
+    timers: BTreeSet<(Instant, usize)>,
+    /// Connections that yielded with work left, driven again next turn.
+    pending: Vec<usize>,
+    /// Connections to close on the server's initiative, after the current dispatch.
+    kicks: Vec<(usize, Reason)>,
+    /// Listener tokens, to resume accepting or to stop on shutdown.
+    listeners: Vec<usize>,
+    accept_paused_until: Option<Instant>,
+    /// Set once SIGTERM or SIGINT arrived: when to give up draining.
+    draining_until: Option<Instant>,
+    max_subscribers: usize,
+    signals: Signals,
+    scratch: Vec<u8>,
+    /// Reused list of a channel's subscriber tokens during a flush.
+    fanout: Vec<usize>,
+}
+
+/// Milliseconds since the epoch, the clock of message timestamps.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}")))
+}
+
+impl Server {
+    /// Binds the listeners and sets up signals; `fd_limit` is the open-file
+    /// limit the process runs with.
+    pub fn new(config: Config, command_line: RawSettings, fd_limit: usize) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut conns = Slab::new();
+        let mut listeners = Vec::new();
+        for (addr, what) in [
+            (config.subscriber_addr, "subscribers"),
+            (config.controller_addr, "controllers"),
+        ] {
+            let mut listener = bind(addr, what)?;
+            let entry = conns.vacant_entry();
+            poll.registry()
+                .register(&mut listener, Token(entry.key()), Interest::READABLE)?;
+            info!("listening for {what} on {}", listener.local_addr()?);
+            listeners.push(entry.key());
+            entry.insert(if what == "subscribers" {
+                Conn::SubscriberListener(listener)
+            } else {
+                Conn::ControllerListener(listener)
+            });
+        }
+        if let Some(addr) = config.udp_addr {
+            let mut socket = UdpSocket::bind(addr).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen for UDP on {addr}: {e}"))
+            })?;
+            let entry = conns.vacant_entry();
+            poll.registry()
+                .register(&mut socket, Token(entry.key()), Interest::READABLE)?;
+            info!("listening for UDP on {}", socket.local_addr()?);
+            entry.insert(Conn::Udp(socket));
+        }
+        let (reader, writer) = std::os::unix::net::UnixStream::pair()?;
+        reader.set_nonblocking(true)?;
+        writer.set_nonblocking(true)?;
+        let flag = |signal: i32| -> io::Result<Arc<AtomicBool>> {
+            let raised = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal, Arc::clone(&raised))?;
+            signal_hook::low_level::pipe::register(signal, writer.try_clone()?)?;
+            Ok(raised)
+        };
+        let term = flag(signal_hook::consts::SIGTERM)?;
+        signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&term))?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, writer.try_clone()?)?;
+        let signals = Signals {
+            hup: flag(signal_hook::consts::SIGHUP)?,
+            usr1: flag(signal_hook::consts::SIGUSR1)?,
+            usr2: flag(signal_hook::consts::SIGUSR2)?,
+            term,
+        };
+        // SAFETY: the descriptor comes straight from a std UnixStream we own.
+        let mut reader = unsafe { UnixStream::from_raw_fd(reader.into_raw_fd()) };
+        let entry = conns.vacant_entry();
+        poll.registry()
+            .register(&mut reader, Token(entry.key()), Interest::READABLE)?;
+        entry.insert(Conn::Signals(reader));
+
+        let max_subscribers = match config.limits.subscribers {
+            0 => fd_limit
+                .saturating_sub(RESERVED_FDS + config.limits.controllers)
+                .max(1),
+            n => n,
+        };
+        info!(
+            "open-file limit {fd_limit}: up to {max_subscribers} subscribers and {} controllers at once",
+            config.limits.controllers
+        );
+        for warning in &config.warnings {
+            info!("warning: {warning}");
+        }
+        Ok(Server {
+            poll,
+            conns,
+            channels: Channels::new(config.max_messages_per_channel, config.max_message_age),
+            stats: Stats::new(),
+            docs: Documents::new(config.document_root.clone(), config.directory_index.clone()),
+            config,
+            command_line,
+            hosts: HashMap::new(),
+            timers: BTreeSet::new(),
+            pending: Vec::new(),
+            kicks: Vec::new(),
+            listeners,
+            accept_paused_until: None,
+            draining_until: None,
+            max_subscribers,
+            signals,
+            scratch: vec![0; SCRATCH_BYTES],
+            fanout: Vec::new(),
+        })
+    }
+
+    /// Runs until a shutdown completes; returns the process exit status.
+    pub fn run(&mut self) -> i32 {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            self.flush();
+            if let Some(until) = self.draining_until {
+                let left = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| matches!(c, Conn::Controller(_) | Conn::Subscriber(_)))
+                    .count();
+                if left == 0 {
+                    info!("shutdown complete");
+                    return 0;
+                }
+                if Instant::now() >= until {
+                    info!("shutdown: giving up with {left} connections still draining");
+                    return 1;
+                }
+            }
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                info!("poll failed: {e}; exiting");
+                return 1;
+            }
+            for event in events.iter() {
+                self.ready(event.token().0, event.is_writable());
+                self.run_kicks();
+            }
+            let now = Instant::now();
+            self.fire_timers(now);
+            self.channels.expire(unix_ms());
+            if self.accept_paused_until.is_some_and(|t| t <= now) {
+                self.accept_paused_until = None;
+                for token in self.listeners.clone() {
+                    self.accept(token);
+                }
+            }
+        }
+    }
+
+    /// Sleeps until the nearest deadline: a connection timer, a message
+    /// expiry, the end of an accept pause or of the shutdown drain.
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.pending.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let expiry = self
+            .channels
+            .next_expiry_ms()
+            .map(|ms| now + Duration::from_millis(ms.saturating_sub(unix_ms())));
+        [
+            self.timers.first().map(|&(t, _)| t),
+            expiry,
+            self.accept_paused_until,
+            self.draining_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t.saturating_duration_since(now))
+    }
+
+    /// Dispatches one readiness event.
+    fn ready(&mut self, token: usize, writable: bool) {
+        match self.conns.get_mut(token) {
+            None => {}
+            Some(Conn::SubscriberListener(_) | Conn::ControllerListener(_)) => self.accept(token),
+            Some(Conn::Signals(_)) => self.on_signals(token),
+            Some(Conn::Udp(_)) => self.receive_datagrams(token),
+            Some(Conn::Controller(_)) => self.drive_controller(token),
+            Some(Conn::Subscriber(sub)) => {
+                if writable {
+                    sub.writable();
+                }
+                self.drive_subscriber(token);
+            }
+        }
+    }
+
+    fn accept(&mut self, token: usize) {
+        if self.accept_paused_until.is_some() || self.draining_until.is_some() {
+            return;
+        }
+        for _ in 0..ACCEPTS_PER_TURN {
+            let result = match self.conns.get(token) {
+                Some(Conn::SubscriberListener(l) | Conn::ControllerListener(l)) => l.accept(),
+                _ => return,
+            };
+            match result {
+                Ok((socket, peer)) => {
+                    if matches!(self.conns.get(token), Some(Conn::SubscriberListener(_))) {
+                        self.admit_subscriber(socket, peer);
+                    } else {
+                        self.admit_controller(socket, peer);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    info!(
+                        "accept failed: {e}; pausing accepts for {} ms",
+                        ACCEPT_PAUSE.as_millis()
+                    );
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    return;
+                }
+                Err(e) => debug!("accept failed: {e}"),
+            }
+        }
+        self.pending.push(token);
+    }
+
+    fn admit_subscriber(&mut self, mut socket: TcpStream, peer: SocketAddr) {
+        self.stats.total_requests += 1;
+        self.stats.subscriber_connections_accepted += 1;
+        let now = Instant::now();
+        if self.stats.current_subscribers as usize >= self.max_subscribers {
+            self.stats.connections_refused += 1;
+            let mut sub = Subscriber::new(socket, peer, now, 1);
+            sub.fail(&self.config, HttpError::Unavailable, &mut self.stats, now);
+            if let State::Reply(_) = sub.state {
+                // Best effort, without waiting: the table is full.
+                let _ = sub.drive(&self.channels, &mut self.stats, &mut self.scratch, 0, now);
+            }
+            info!(
+                "{peer}: refused, {} subscribers connected",
+                self.max_subscribers
+            );
+            return;
+        }
+        if let Err(e) = socket.set_nodelay(true) {
+            debug!("{peer}: cannot set TCP_NODELAY: {e}");
+        }
+        let entry = self.conns.vacant_entry();
+        let token = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut socket,
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            info!("{peer}: cannot register subscriber: {e}");
+            return;
+        }
+        entry.insert(Conn::Subscriber(Subscriber::new(
+            socket,
+            peer,
+            now,
+            self.config.limits.head_timeout,
+        )));
+        self.stats.current_subscribers += 1;
+        debug!("{peer}: subscriber connected as {token}");
+        self.reschedule(token);
+    }
+
+    fn admit_controller(&mut self, mut socket: TcpStream, peer: SocketAddr) {
+        self.stats.total_requests += 1;
+        self.stats.controller_connections_accepted += 1;
+        if self.stats.current_controllers as usize >= self.config.limits.controllers {
+            self.stats.connections_refused += 1;
+            self.stats.errors_served += 1;
+            let _ = socket.write(b"ERR Too many connections\r\n");
+            info!(
+                "{peer}: controller refused, {} connected",
+                self.config.limits.controllers
+            );
+            return;
+        }
+        let entry = self.conns.vacant_entry();
+        let token = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut socket,
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            info!("{peer}: cannot register controller: {e}");
+            return;
+        }
+        entry.insert(Conn::Controller(Controller::new(socket, peer)));
+        self.stats.current_controllers += 1;
+        info!("{peer}: controller connected");
+    }
+
+    fn drive_controller(&mut self, token: usize) {
+        let Some(Conn::Controller(c)) = self.conns.get_mut(token) else {
+            return;
+        };
+        let mut ctx = controller::Context {
+            channels: &mut self.channels,
+            stats: &mut self.stats,
+            max_line: self.config.limits.controller_line_bytes,
+            max_channel_name: self.config.limits.channel_name_length,
+            now_ms: unix_ms(),
+        };
+        match c.drive(&mut ctx, &mut self.scratch) {
+            controller::Step::Wait => {}
+            controller::Step::Yield => self.pending.push(token),
+            controller::Step::Close(reason) => self.close(token, reason),
+        }
+    }
+
+    /// Drives a subscriber until it waits, yields or closes, starting its
+    /// request once the head is complete.
+    fn drive_subscriber(&mut self, token: usize) {
+        loop {
+            let Some(Conn::Subscriber(sub)) = self.conns.get_mut(token) else {
+                return;
+            };
+            let now = Instant::now();
+            let step = sub.drive(
+                &self.channels,
+                &mut self.stats,
+                &mut self.scratch,
+                self.config.limits.head_bytes,
+                now,
+            );
+            match step {
+                Step::HeadComplete => {
+                    let mut ctx = subscriber::Context {
+                        config: &self.config,
+                        channels: &mut self.channels,
+                        stats: &mut self.stats,
+                        docs: &mut self.docs,
+                        hosts: &mut self.hosts,
+                        kicks: &mut self.kicks,
+                        token,
+                        now,
+                    };
+                    sub.start(&mut ctx);
+                }
+                Step::Refuse(error) => sub.fail(&self.config, error, &mut self.stats, now),
+                Step::Wait => break,
+                Step::Yield => {
+                    self.pending.push(token);
+                    break;
+                }
+                Step::Close(reason) => return self.close(token, reason),
+            }
+        }
+        self.reschedule(token);
+    }
+
+    /// Keeps the timer index in step with a connection's deadline.
+    fn reschedule(&mut self, token: usize) {
+        let Some(Conn::Subscriber(sub)) = self.conns.get_mut(token) else {
+            return;
+        };
+        let wanted = sub.deadline(self.config.limits.write_timeout);
+        if wanted != sub.timer {
+            if let Some(old) = sub.timer {
+                self.timers.remove(&(old, token));
+            }
+            if let Some(new) = wanted {
+                self.timers.insert((new, token));
+            }
+            sub.timer = wanted;
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(&(at, token)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, token));
+            let Some(Conn::Subscriber(sub)) = self.conns.get_mut(token) else {
+                continue;
+            };
+            sub.timer = None;
+            match sub.on_timer(&self.config, &mut self.stats, now) {
+                Some(reason) => self.close(token, reason),
+                None => self.drive_subscriber(token),
+            }
+        }
+    }
+
+    /// Writes new events: first to connections that yielded last turn, then
+    /// to the subscribers of every channel published to since.
+    fn flush(&mut self) {
+        for token in std::mem::take(&mut self.pending) {
+            match self.conns.get(token) {
+                Some(Conn::Subscriber(_)) => self.drive_subscriber(token),
+                Some(Conn::Controller(_)) => self.drive_controller(token),
+                Some(Conn::SubscriberListener(_) | Conn::ControllerListener(_)) => {
+                    self.accept(token)
+                }
+                Some(Conn::Udp(_)) => self.receive_datagrams(token),
+                _ => {}
+            }
+        }
+        let mut dirty = Vec::new();
+        self.channels.take_dirty(&mut dirty);
+        let mut tokens = std::mem::take(&mut self.fanout);
+        for key in dirty {
+            tokens.clear();
+            if let Some(channel) = self.channels.get(key) {
+                tokens.extend(channel.subscriber_tokens());
+            }
+            for &token in &tokens {
+                if matches!(self.conns.get(token), Some(Conn::Subscriber(s)) if s.wants_flush()) {
+                    self.drive_subscriber(token);
+                }
+            }
+        }
+        self.fanout = tokens;
+        self.run_kicks();
+    }
+
+    /// Closes connections the server decided to end (replaced hostid,
+    /// disconnect request, shutdown), sending their goodbye first.
+    fn run_kicks(&mut self) {
+        while let Some((token, reason)) = self.kicks.pop() {
+            match self.conns.get_mut(token) {
+                Some(Conn::Subscriber(sub)) => {
+                    let wt = self.config.limits.write_timeout;
+                    if sub.farewell(&mut self.channels, &mut self.hosts, token, reason, wt) {
+                        self.drive_subscriber(token);
+                    } else {
+                        self.close(token, reason);
+                    }
+                }
+                Some(Conn::Controller(c)) => {
+                    c.shut_down(&self.config.controller_shutdown);
+                    self.drive_controller(token);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The one place a connection ends: leaves its channels, unregisters
+    /// it, drops its timer, counts and logs.
+    fn close(&mut self, token: usize, reason: Reason) {
+        let Some(conn) = self.conns.try_remove(token) else {
+            return;
+        };
+        let registry = self.poll.registry();
+        match conn {
+            Conn::Subscriber(mut sub) => {
+                if let State::Streaming(s) = &sub.state {
+                    s.leave(sub.peer, &mut self.channels, &mut self.hosts, token, reason);
+                }
+                if let Some(at) = sub.timer {
+                    self.timers.remove(&(at, token));
+                }
+                let _ = registry.deregister(&mut sub.socket);
+                self.stats.current_subscribers -= 1;
+                if matches!(reason, Reason::SlowConsumer | Reason::WriteTimeout) {
+                    self.stats.slow_consumers_dropped += 1;
+                    info!(
+                        "{}: dropped slow subscriber ({})",
+                        sub.peer,
+                        reason.as_str()
+                    );
+                } else if let Reason::Error(kind) = reason {
+                    info!("{}: subscriber closed on a socket error: {kind}", sub.peer);
+                } else {
+                    debug!("{}: subscriber closed ({})", sub.peer, reason.as_str());
+                }
+            }
+            Conn::Controller(mut c) => {
+                let _ = registry.deregister(&mut c.socket);
+                self.stats.current_controllers -= 1;
+                info!("{}: controller closed ({})", c.peer, reason.as_str());
+            }
+            Conn::SubscriberListener(mut l) | Conn::ControllerListener(mut l) => {
+                let _ = registry.deregister(&mut l);
+            }
+            Conn::Signals(mut s) => {
+                let _ = registry.deregister(&mut s);
+            }
+            Conn::Udp(mut u) => {
+                let _ = registry.deregister(&mut u);
+            }
+        }
+    }
+
+    /// Publishes each `ADDMESSAGE` datagram; nothing is sent back.
+    fn receive_datagrams(&mut self, token: usize) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            let Some(Conn::Udp(socket)) = self.conns.get(token) else {
+                return;
+            };
+            let (n, peer) = match socket.recv_from(&mut self.scratch) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    info!("UDP receive failed: {e}");
+                    return;
+                }
+            };
+            self.stats.total_inbound_bytes += n as u64;
+            let datagram = &self.scratch[..n];
+            let datagram = datagram
+                .strip_suffix(b"\r\n")
+                .or_else(|| datagram.strip_suffix(b"\n"))
+                .unwrap_or(datagram);
+            match controller::parse(datagram) {
+                Some(controller::Command::AddMessage { channel, text })
+                    if channel.len() <= self.config.limits.channel_name_length =>
+                {
+                    self.channels.publish(channel, text, unix_ms());
+                    self.stats.unique_messages += 1;
+                }
+                _ => info!("{peer}: ignored a UDP datagram that is not a valid ADDMESSAGE"),
+            }
+        }
+        self.pending.push(token);
+    }
+
+    fn on_signals(&mut self, token: usize) {
+        if let Some(Conn::Signals(pipe)) = self.conns.get_mut(token) {
+            while matches!(pipe.read(&mut self.scratch), Ok(n) if n > 0) {}
+        }
+        if self.signals.usr1.swap(false, Ordering::SeqCst) {
+            info!("SIGUSR1: emptying every channel's message cache");
+            self.channels.clear_caches();
+        }
+        if self.signals.usr2.swap(false, Ordering::SeqCst) {
+            info!("SIGUSR2: dropping the document cache");
+            self.docs.clear();
+        }
+        if self.signals.hup.swap(false, Ordering::SeqCst) {
+            self.reload();
+        }
+        if self.signals.term.swap(false, Ordering::SeqCst) && self.draining_until.is_none() {
+            self.shut_down();
+        }
+    }
+
+    /// SIGHUP: re-reads the configuration for new connections; a bad file
+    /// keeps the running configuration.
+    fn reload(&mut self) {
+        let config = match config::load(&self.command_line) {
+            Ok(config) => config,
+            Err(e) => {
+                info!("SIGHUP: keeping the running configuration: {e}");
+                return;
+            }
+        };
+        for (what, old, new) in [
+            (
+                "subscriber address",
+                self.config.subscriber_addr,
+                config.subscriber_addr,
+            ),
+            (
+                "controller address",
+                self.config.controller_addr,
+                config.controller_addr,
+            ),
+        ] {
+            if old != new {
+                info!("SIGHUP: {what} change to {new} ignored until restart");
+            }
+        }
+        log::configure(config.debug, config.log_time_format);
+        self.channels
+            .set_limits(config.max_messages_per_channel, config.max_message_age);
+        self.docs = Documents::new(config.document_root.clone(), config.directory_index.clone());
+        for warning in &config.warnings {
+            info!("warning: {warning}");
+        }
+        info!(
+            "SIGHUP: configuration reloaded from {}",
+            config.file.display()
+        );
+        self.config = config;
+    }
+
+    /// SIGTERM/SIGINT: stop accepting, say goodbye to everyone, drain.
+    fn shut_down(&mut self) {
+        info!("shutting down: closing listeners and connections");
+        for token in std::mem::take(&mut self.listeners) {
+            self.close(token, Reason::Shutdown);
+        }
+        let tokens: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c, Conn::Controller(_) | Conn::Subscriber(_)))
+            .map(|(t, _)| t)
+            .collect();
+        self.kicks
+            .extend(tokens.into_iter().map(|t| (t, Reason::Shutdown)));
+        self.run_kicks();
+        self.draining_until = Some(Instant::now() + DRAIN_TIMEOUT);
+    }
+}

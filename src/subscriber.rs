@@ -1,0 +1,661 @@
+//! Browser connections on the subscriber port, as a state machine: reading
+//! the request head, streaming events from channel buffers through cursors,
+//! or sending one fixed reply before closing.
+
+use crate::channel::{Backlog, Channels, Cursor};
+use crate::config::{Config, Mode};
+use crate::conn::{Io, READS_PER_TURN, Reason, WRITE_BUDGET, read_some, write_some};
+use crate::docs::Documents;
+use crate::http::{self, HttpError, Route, RouteLimits};
+use crate::stats::Stats;
+use crate::template::{Placeholder, Template, Value};
+use crate::{debug, info};
+use mio::net::TcpStream;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The program name in `~server~` and `Server:`.
+pub const PROGRAM: &str = "meteord";
+
+/// A subscriber-port connection.
+pub struct Subscriber {
+    pub socket: TcpStream,
+    pub peer: SocketAddr,
+    pub state: State,
+    /// The deadline this connection has in the server's timer index.
+    pub timer: Option<Instant>,
+}
+
+/// What the connection is doing; each state owns exactly its data.
+pub enum State {
+    /// Reading the request head.
+    Head(Head),
+    /// Sending events: backlog, then (when persistent) new ones.
+    Streaming(Streaming),
+    /// Sending one fixed response, then closing.
+    Reply(Reply),
+}
+
+/// A request head being received.
+pub struct Head {
+    buf: Vec<u8>,
+    deadline: Instant,
+}
+
+/// A fixed response (document, error, farewell) being written.
+pub struct Reply {
+    bytes: Rc<[u8]>,
+    pos: usize,
+    deadline: Instant,
+    /// Why the connection closes once the reply is out.
+    reason: Reason,
+}
+
+/// A subscriber reading channels.
+pub struct Streaming {
+    hostid: Box<str>,
+    mode: Rc<Mode>,
+    cursors: Vec<Cursor>,
+    /// Header or ping bytes to send before more events; empty when idle.
+    out: Vec<u8>,
+    out_pos: usize,
+    started: Instant,
+    next_ping: Option<Instant>,
+    ends_at: Option<Instant>,
+    /// Set while the socket would block with bytes still to send.
+    blocked_since: Option<Instant>,
+    events: u64,
+    bytes: u64,
+}
+
+/// What the loop should do after driving a subscriber.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Wait for a readiness event, new data or a timer.
+    Wait,
+    /// Bytes remain but the turn's share is used: drive again next turn.
+    Yield,
+    /// The request head is complete: start answering it.
+    HeadComplete,
+    /// The request head broke a bound: answer with this error.
+    Refuse(HttpError),
+    Close(Reason),
+}
+
+/// What answering a request needs from the rest of the server.
+pub struct Context<'a> {
+    pub config: &'a Config,
+    pub channels: &'a mut Channels,
+    pub stats: &'a mut Stats,
+    pub docs: &'a mut Documents,
+    /// Persistent subscribers by hostid.
+    pub hosts: &'a mut HashMap<Box<str>, usize>,
+    /// Other connections to close with a shutdown message, after this call.
+    pub kicks: &'a mut Vec<(usize, Reason)>,
+    pub token: usize,
+    pub now: Instant,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Renders a mode's header template with a status and channel info.
+fn header(template: &Template, status: &str, channel_info: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + channel_info.len());
+    let now = unix_now();
+    template.render(&mut out, |p| match p {
+        Placeholder::Status => Value::Bytes(status.as_bytes()),
+        Placeholder::Server => Value::Bytes(PROGRAM.as_bytes()),
+        Placeholder::ServerTime => Value::Number(now),
+        Placeholder::ChannelInfo => Value::Bytes(channel_info),
+        _ => Value::None,
+    });
+    out
+}
+
+impl Subscriber {
+    pub fn new(socket: TcpStream, peer: SocketAddr, now: Instant, head_timeout: u64) -> Subscriber {
+        Subscriber {
+            socket,
+            peer,
+            state: State::Head(Head {
+                buf: Vec::new(),
+                deadline: now + Duration::from_secs(head_timeout),
+            }),
+            timer: None,
+        }
+    }
+
+    /// The earliest time this connection needs attention.
+    pub fn deadline(&self, write_timeout: u64) -> Option<Instant> {
+        match &self.state {
+            State::Head(h) => Some(h.deadline),
+            State::Reply(r) => Some(r.deadline),
+            State::Streaming(s) => {
+                let stall = s
+                    .blocked_since
+                    .map(|t| t + Duration::from_secs(write_timeout));
+                [s.next_ping, s.ends_at, stall].into_iter().flatten().min()
+            }
+        }
+    }
+
+    /// An error reply (global header with an error status), then close.
+    pub fn fail(&mut self, config: &Config, error: HttpError, stats: &mut Stats, now: Instant) {
+        stats.errors_served += 1;
+        let reason = match error {
+            HttpError::Timeout => Reason::HeadTimeout,
+            HttpError::Unavailable => Reason::TooManyConnections,
+            _ => Reason::BadRequest,
+        };
+        let bytes = header(&config.global_mode.header, error.status(), b"");
+        self.reply(bytes.into(), reason, now, config.limits.write_timeout);
+    }
+
+    fn reply(&mut self, bytes: Rc<[u8]>, reason: Reason, now: Instant, write_timeout: u64) {
+        self.state = State::Reply(Reply {
+            bytes,
+            pos: 0,
+            deadline: now + Duration::from_secs(write_timeout),
+            reason,
+        });
+    }
+
+    /// Drives the connection after readiness or new data.
+    pub fn drive(
+        &mut self,
+        channels: &Channels,
+        stats: &mut Stats,
+        scratch: &mut [u8],
+        head_limit: usize,
+        now: Instant,
+    ) -> Step {
+        match &mut self.state {
+            State::Head(head) => read_head(&mut self.socket, head, scratch, head_limit, stats),
+            State::Reply(reply) => write_reply(&mut self.socket, reply, stats),
+            State::Streaming(s) => {
+                if let Some(reason) = discard_input(&mut self.socket, scratch, stats) {
+                    return Step::Close(reason);
+                }
+                s.write(&mut self.socket, channels, stats, now)
+            }
+        }
+    }
+
+    /// Tells a streaming subscriber its socket is writable again.
+    pub fn writable(&mut self) {
+        if let State::Streaming(s) = &mut self.state {
+            s.blocked_since = None;
+        }
+    }
+
+    /// Whether a flush pass should try writing (not waiting on the socket).
+    pub fn wants_flush(&self) -> bool {
+        matches!(&self.state, State::Streaming(s) if s.blocked_since.is_none())
+    }
+
+    /// Handles a due timer: the head deadline, `MaxTime`, a stalled write,
+    /// a ping.
+    pub fn on_timer(&mut self, config: &Config, stats: &mut Stats, now: Instant) -> Option<Reason> {
+        match &mut self.state {
+            State::Head(h) if h.deadline <= now => {
+                self.fail(config, HttpError::Timeout, stats, now);
+                None
+            }
+            State::Reply(r) if r.deadline <= now => Some(Reason::WriteTimeout),
+            State::Streaming(s) => {
+                if s.ends_at.is_some_and(|t| t <= now) {
+                    return Some(Reason::MaxTime);
+                }
+                let stall = Duration::from_secs(config.limits.write_timeout);
+                if s.blocked_since.is_some_and(|t| t + stall <= now) {
+                    return Some(Reason::WriteTimeout);
+                }
+                if let Some(at) = s.next_ping.filter(|&t| t <= now) {
+                    let interval = Duration::from_secs(s.mode.ping_interval);
+                    let mut next = at + interval;
+                    while next <= now {
+                        next += interval;
+                    }
+                    s.next_ping = Some(next);
+                    // Only an idle stream needs a ping; one busy writing is alive.
+                    if s.out.is_empty() && s.blocked_since.is_none() {
+                        s.out.extend_from_slice(&s.mode.ping);
+                    }
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Ends streaming on the server's initiative: finishes the event being
+    /// written, adds the mode's shutdown message, and closes once sent.
+    /// Returns false when the caller should close the connection now.
+    pub fn farewell(
+        &mut self,
+        channels: &mut Channels,
+        hosts: &mut HashMap<Box<str>, usize>,
+        token: usize,
+        reason: Reason,
+        write_timeout: u64,
+    ) -> bool {
+        let s = match &self.state {
+            State::Head(_) => return false,
+            // Already sending its last bytes: let them go.
+            State::Reply(_) => return true,
+            State::Streaming(s) => s,
+        };
+        // Unsent header or ping, the rest of a half-written event, goodbye.
+        let mut bytes = s.out[s.out_pos..].to_vec();
+        for cursor in &s.cursors {
+            if let Some(channel) = channels.get(cursor.channel) {
+                bytes.extend_from_slice(channel.stream(cursor.stream).event_remainder(cursor.pos));
+            }
+        }
+        if s.mode.persist {
+            bytes.extend_from_slice(&s.mode.shutdown);
+        }
+        s.leave(self.peer, channels, hosts, token, reason);
+        if bytes.is_empty() {
+            return false;
+        }
+        self.reply(bytes.into(), reason, Instant::now(), write_timeout);
+        true
+    }
+
+    /// Answers a complete request head: starts streaming, or a reply.
+    pub fn start(&mut self, ctx: &mut Context) {
+        let State::Head(head) = &mut self.state else {
+            return;
+        };
+        let buf = std::mem::take(&mut head.buf);
+        let write_timeout = ctx.config.limits.write_timeout;
+        let request = match http::parse_head(&buf, ctx.config.limits.header_lines) {
+            Ok(request) => request,
+            Err(error) => return self.fail(ctx.config, error, ctx.stats, ctx.now),
+        };
+        debug!("{}: {} {}", self.peer, request.method, request.target);
+        let limits = RouteLimits {
+            channel_name_length: ctx.config.limits.channel_name_length,
+            channels_per_request: ctx.config.limits.channels_per_request,
+        };
+        let route = if request.method == "GET" {
+            http::route(&request.target, &ctx.config.dynamic_page_address, limits)
+        } else {
+            Route::BadDocument
+        };
+        let global = &ctx.config.global_mode;
+        match route {
+            Route::Push {
+                hostid,
+                mode,
+                channels,
+            } => {
+                let mode_settings = Rc::clone(ctx.config.mode(&mode));
+                if channels.is_empty() {
+                    ctx.stats.errors_served += 1;
+                    let bytes = header(&mode_settings.header, "404 Not Found", b"");
+                    return self.reply(bytes.into(), Reason::NotFound, ctx.now, write_timeout);
+                }
+                self.stream(
+                    hostid,
+                    mode,
+                    mode_settings,
+                    channels,
+                    &request.user_agent,
+                    ctx,
+                );
+            }
+            Route::Disconnect { hostid } => {
+                if let Some(&other) = ctx.hosts.get(hostid.as_str()) {
+                    ctx.kicks.push((other, Reason::DisconnectRequested));
+                }
+                let bytes = header(&global.header, "200 OK", b"");
+                self.reply(
+                    bytes.into(),
+                    Reason::ResponseComplete,
+                    ctx.now,
+                    write_timeout,
+                );
+            }
+            Route::TooLarge => self.fail(ctx.config, HttpError::BadRequest, ctx.stats, ctx.now),
+            Route::Document { .. } | Route::BadDocument
+                if !ctx.docs.enabled() || request.method != "GET" =>
+            {
+                ctx.stats.errors_served += 1;
+                let bytes = header(&global.header, "404 Not Found", b"");
+                self.reply(bytes.into(), Reason::NotFound, ctx.now, write_timeout);
+            }
+            Route::Document { path } => {
+                let doc = ctx.docs.get(&path);
+                self.document(&format!("/{path}"), doc, ctx);
+            }
+            Route::BadDocument => {
+                let doc = ctx.docs.not_found();
+                let path = request
+                    .target
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                self.document(&path, doc, ctx);
+            }
+        }
+    }
+
+    fn document(&mut self, path: &str, doc: crate::docs::Document, ctx: &mut Context) {
+        let status = if doc.found {
+            ctx.stats.documents_served += 1;
+            200
+        } else {
+            ctx.stats.documents_not_found += 1;
+            404
+        };
+        info!("document\t{path}\t{}\t{status}", doc.size);
+        let reason = if doc.found {
+            Reason::ResponseComplete
+        } else {
+            Reason::NotFound
+        };
+        self.reply(
+            doc.response,
+            reason,
+            ctx.now,
+            ctx.config.limits.write_timeout,
+        );
+    }
+
+    fn stream(
+        &mut self,
+        hostid: String,
+        mode_name: String,
+        mode: Rc<Mode>,
+        defs: Vec<http::ChannelDef>,
+        user_agent: &str,
+        ctx: &mut Context,
+    ) {
+        if mode.persist
+            && let Some(old) = ctx.hosts.insert(hostid.as_str().into(), ctx.token)
+        {
+            ctx.kicks.push((old, Reason::Replaced));
+        }
+        // Channel info describes each channel before this subscriber joins.
+        let mut info = Vec::new();
+        for def in &defs {
+            let channel = ctx.channels.by_name(&def.name);
+            mode.channel_info.render(&mut info, |p| match p {
+                Placeholder::Name => Value::Bytes(&def.name),
+                Placeholder::LastMsgId => Value::Number(channel.map_or(0, |c| c.last_id())),
+                Placeholder::MessageCount => {
+                    Value::Number(channel.map_or(0, |c| c.message_count() as u64))
+                }
+                Placeholder::SubscriberCount => {
+                    Value::Number(channel.map_or(0, |c| c.persistent as u64))
+                }
+                _ => Value::None,
+            });
+        }
+        let out = header(&mode.header, "200 OK", &info);
+        let mut cursors = Vec::with_capacity(defs.len());
+        for def in &defs {
+            let start = match def.backlog {
+                Backlog::None => "-".to_owned(),
+                Backlog::FromId(id) => id.to_string(),
+                Backlog::Last(n) => format!("-{n}"),
+                Backlog::All => "0".to_owned(),
+            };
+            info!(
+                "joinchannel\t{}\t{hostid}\t{}\t{mode_name}\t{start}\t{user_agent}",
+                self.peer.ip(),
+                String::from_utf8_lossy(&def.name)
+            );
+            cursors.push(ctx.channels.attach(
+                &def.name,
+                &mode.message,
+                ctx.token,
+                mode.persist,
+                def.backlog,
+            ));
+        }
+        let secs = |s: u64| (s > 0).then(|| ctx.now + Duration::from_secs(s));
+        self.state = State::Streaming(Streaming {
+            hostid: hostid.into(),
+            next_ping: if mode.persist {
+                secs(mode.ping_interval)
+            } else {
+                None
+            },
+            ends_at: secs(mode.max_time),
+            mode,
+            cursors,
+            out,
+            out_pos: 0,
+            started: ctx.now,
+            blocked_since: None,
+            events: 0,
+            bytes: 0,
+        });
+    }
+}
+
+/// Reads request head bytes; nothing is answered before the head is complete.
+fn read_head(
+    socket: &mut TcpStream,
+    head: &mut Head,
+    scratch: &mut [u8],
+    limit: usize,
+    stats: &mut Stats,
+) -> Step {
+    for _ in 0..READS_PER_TURN {
+        match read_some(socket, scratch) {
+            Io::Progress(n) => {
+                stats.total_inbound_bytes += n as u64;
+                let room = limit.saturating_sub(head.buf.len());
+                head.buf.extend_from_slice(&scratch[..n.min(room)]);
+                if let Some(end) = http::head_end(&head.buf) {
+                    head.buf.truncate(end);
+                    return Step::HeadComplete;
+                }
+                if head.buf.len() >= limit {
+                    return Step::Refuse(HttpError::HeadTooLarge);
+                }
+            }
+            Io::WouldBlock => return Step::Wait,
+            Io::Closed => return Step::Close(Reason::RemoteClosed),
+            Io::Failed(e) => return Step::Close(Reason::Error(e.kind())),
+        }
+    }
+    Step::Yield
+}
+
+/// Reads and drops what a subscriber sends after its head; notices EOF.
+fn discard_input(socket: &mut TcpStream, scratch: &mut [u8], stats: &mut Stats) -> Option<Reason> {
+    for _ in 0..READS_PER_TURN {
+        match read_some(socket, scratch) {
+            Io::Progress(n) => stats.total_inbound_bytes += n as u64,
+            Io::WouldBlock => return None,
+            Io::Closed => return Some(Reason::RemoteClosed),
+            Io::Failed(e) => return Some(Reason::Error(e.kind())),
+        }
+    }
+    None
+}
+
+fn write_reply(socket: &mut TcpStream, reply: &mut Reply, stats: &mut Stats) -> Step {
+    let mut budget = WRITE_BUDGET;
+    while reply.pos < reply.bytes.len() {
+        let end = reply.bytes.len().min(reply.pos + budget);
+        match write_some(socket, &reply.bytes[reply.pos..end]) {
+            Io::Progress(n) => {
+                reply.pos += n;
+                budget -= n;
+                stats.total_outbound_bytes += n as u64;
+                if budget == 0 && reply.pos < reply.bytes.len() {
+                    return Step::Yield;
+                }
+            }
+            Io::WouldBlock => return Step::Wait,
+            Io::Closed => return Step::Close(Reason::RemoteClosed),
+            Io::Failed(e) => return Step::Close(Reason::Error(e.kind())),
+        }
+    }
+    Step::Close(reply.reason)
+}
+
+impl Streaming {
+    /// Leaves every channel and the hostid registry, logging a
+    /// `leavechannel` record per channel. Called once, as streaming ends.
+    pub fn leave(
+        &self,
+        peer: SocketAddr,
+        channels: &mut Channels,
+        hosts: &mut HashMap<Box<str>, usize>,
+        token: usize,
+        reason: Reason,
+    ) {
+        let seconds = self.started.elapsed().as_secs();
+        for cursor in &self.cursors {
+            if let Some(channel) = channels.get(cursor.channel) {
+                info!(
+                    "leavechannel\t{}\t{}\t{}\t{seconds}\t{}\t{}\t{}",
+                    peer.ip(),
+                    self.hostid,
+                    String::from_utf8_lossy(&channel.name),
+                    self.events,
+                    self.bytes,
+                    reason.as_str()
+                );
+            }
+            channels.detach(cursor, self.mode.persist);
+        }
+        if self.mode.persist && hosts.get(&self.hostid) == Some(&token) {
+            hosts.remove(&self.hostid);
+        }
+    }
+
+    /// The next run of bytes to send: (cursor index, start, end). Picks the
+    /// channel whose next event has the lowest id, and stops before any
+    /// other channel's next event so several channels interleave in id order.
+    fn next_chunk(&self, channels: &Channels) -> Result<Option<(usize, u64, u64)>, Reason> {
+        let mut best: Option<(u64, usize)> = None;
+        let mut second = u64::MAX;
+        for (i, cursor) in self.cursors.iter().enumerate() {
+            let Some(channel) = channels.get(cursor.channel) else {
+                continue;
+            };
+            let stream = channel.stream(cursor.stream);
+            if cursor.pos >= cursor.end.min(stream.head()) {
+                continue;
+            }
+            if stream.bytes_from(cursor.pos).is_none() {
+                return Err(Reason::SlowConsumer);
+            }
+            let id = stream.id_at(cursor.pos).unwrap_or(u64::MAX);
+            match best {
+                Some((best_id, _)) if best_id <= id => second = second.min(id),
+                _ => {
+                    if let Some((best_id, _)) = best {
+                        second = second.min(best_id);
+                    }
+                    best = Some((id, i));
+                }
+            }
+        }
+        let Some((_, i)) = best else {
+            return Ok(None);
+        };
+        let cursor = &self.cursors[i];
+        let Some(channel) = channels.get(cursor.channel) else {
+            return Ok(None);
+        };
+        let stream = channel.stream(cursor.stream);
+        let mut end = cursor.end.min(stream.head());
+        if second != u64::MAX {
+            end = end.min(stream.end_of_ids_up_to(second - 1));
+        }
+        if self.mode.max_messages > 0 {
+            let left = self.mode.max_messages.saturating_sub(self.events);
+            end = end.min(stream.after_events(cursor.pos, left));
+        }
+        Ok(Some((i, cursor.pos, end)))
+    }
+
+    /// Writes pending bytes: header or ping first, then events, within the
+    /// turn's budget.
+    fn write(
+        &mut self,
+        socket: &mut TcpStream,
+        channels: &Channels,
+        stats: &mut Stats,
+        now: Instant,
+    ) -> Step {
+        let mut budget = WRITE_BUDGET;
+        loop {
+            if self.out_pos < self.out.len() {
+                match write_some(socket, &self.out[self.out_pos..]) {
+                    Io::Progress(n) => {
+                        self.out_pos += n;
+                        stats.total_outbound_bytes += n as u64;
+                        continue;
+                    }
+                    Io::WouldBlock => {
+                        self.blocked_since.get_or_insert(now);
+                        return Step::Wait;
+                    }
+                    Io::Closed => return Step::Close(Reason::RemoteClosed),
+                    Io::Failed(e) => return Step::Close(Reason::Error(e.kind())),
+                }
+            }
+            if !self.out.is_empty() {
+                self.out = Vec::new();
+                self.out_pos = 0;
+            }
+            if self.mode.max_messages > 0 && self.events >= self.mode.max_messages {
+                return Step::Close(Reason::MaxMessages);
+            }
+            let (i, from, to) = match self.next_chunk(channels) {
+                Err(reason) => return Step::Close(reason),
+                Ok(Some(chunk)) => chunk,
+                Ok(None) if self.mode.persist => return Step::Wait,
+                Ok(None) => return Step::Close(Reason::ResponseComplete),
+            };
+            if budget == 0 {
+                return Step::Yield;
+            }
+            let cursor = &mut self.cursors[i];
+            let Some(stream) = channels
+                .get(cursor.channel)
+                .map(|c| c.stream(cursor.stream))
+            else {
+                return Step::Close(Reason::Error(std::io::ErrorKind::NotFound));
+            };
+            let Some(bytes) = stream.bytes_from(from) else {
+                return Step::Close(Reason::SlowConsumer);
+            };
+            let len = ((to - from) as usize).min(budget);
+            match write_some(socket, &bytes[..len]) {
+                Io::Progress(n) => {
+                    cursor.pos += n as u64;
+                    let done = stream.events_completed(from, cursor.pos);
+                    self.events += done;
+                    self.bytes += n as u64;
+                    stats.messages_served += done;
+                    stats.total_outbound_bytes += n as u64;
+                    budget -= n;
+                }
+                Io::WouldBlock => {
+                    self.blocked_since.get_or_insert(now);
+                    return Step::Wait;
+                }
+                Io::Closed => return Step::Close(Reason::RemoteClosed),
+                Io::Failed(e) => return Step::Close(Reason::Error(e.kind())),
+            }
+        }
+    }
+}
