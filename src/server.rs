@@ -204,7 +204,11 @@ impl Server {
                 return 1;
             }
             for event in events.iter() {
-                self.ready(event.token().0, event.is_writable());
+                self.ready(
+                    event.token().0,
+                    event.is_readable() || event.is_read_closed() || event.is_error(),
+                    event.is_writable(),
+                );
                 self.run_kicks();
             }
             let now = Instant::now();
@@ -243,7 +247,7 @@ impl Server {
     }
 
     /// Dispatches one readiness event.
-    fn ready(&mut self, token: usize, writable: bool) {
+    fn ready(&mut self, token: usize, readable: bool, writable: bool) {
         match self.conns.get_mut(token) {
             None => {}
             Some(Conn::SubscriberListener(_) | Conn::ControllerListener(_)) => self.accept(token),
@@ -254,7 +258,7 @@ impl Server {
                 if writable {
                     sub.writable();
                 }
-                self.drive_subscriber(token);
+                self.drive_subscriber(token, readable);
             }
         }
     }
@@ -307,7 +311,14 @@ impl Server {
             sub.fail(&self.config, HttpError::Unavailable, &mut self.stats, now);
             if let State::Reply(_) = sub.state {
                 // Best effort, without waiting: the table is full.
-                let _ = sub.drive(&self.channels, &mut self.stats, &mut self.scratch, 0, now);
+                let _ = sub.drive(
+                    &self.channels,
+                    &mut self.stats,
+                    &mut self.scratch,
+                    0,
+                    false,
+                    now,
+                );
             }
             info!(
                 "{peer}: refused, {} subscribers connected",
@@ -387,7 +398,7 @@ impl Server {
 
     /// Drives a subscriber until it waits, yields or closes, starting its
     /// request once the head is complete.
-    fn drive_subscriber(&mut self, token: usize) {
+    fn drive_subscriber(&mut self, token: usize, readable: bool) {
         loop {
             let Some(Conn::Subscriber(sub)) = self.conns.get_mut(token) else {
                 return;
@@ -398,6 +409,7 @@ impl Server {
                 &mut self.stats,
                 &mut self.scratch,
                 self.config.limits.head_bytes,
+                readable,
                 now,
             );
             match step {
@@ -455,7 +467,7 @@ impl Server {
             sub.timer = None;
             match sub.on_timer(&self.config, &mut self.stats, now) {
                 Some(reason) => self.close(token, reason),
-                None => self.drive_subscriber(token),
+                None => self.drive_subscriber(token, false),
             }
         }
     }
@@ -465,7 +477,7 @@ impl Server {
     fn flush(&mut self) {
         for token in std::mem::take(&mut self.pending) {
             match self.conns.get(token) {
-                Some(Conn::Subscriber(_)) => self.drive_subscriber(token),
+                Some(Conn::Subscriber(_)) => self.drive_subscriber(token, true),
                 Some(Conn::Controller(_)) => self.drive_controller(token),
                 Some(Conn::SubscriberListener(_) | Conn::ControllerListener(_)) => {
                     self.accept(token)
@@ -484,7 +496,7 @@ impl Server {
             }
             for &token in &tokens {
                 if matches!(self.conns.get(token), Some(Conn::Subscriber(s)) if s.wants_flush()) {
-                    self.drive_subscriber(token);
+                    self.drive_subscriber(token, false);
                 }
             }
         }
@@ -500,7 +512,7 @@ impl Server {
                 Some(Conn::Subscriber(sub)) => {
                     let wt = self.config.limits.write_timeout;
                     if sub.farewell(&mut self.channels, &mut self.hosts, token, reason, wt) {
-                        self.drive_subscriber(token);
+                        self.drive_subscriber(token, false);
                     } else {
                         self.close(token, reason);
                     }

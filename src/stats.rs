@@ -47,8 +47,9 @@ impl Stats {
         }
     }
 
-    /// The counters in `SHOWSTATS` order: the classic twelve, then ours.
-    pub fn counters(&self) -> [(&'static str, u64); 14] {
+    /// The classic counters, in `SHOWSTATS` order (exactly these twelve:
+    /// publishers' scripts parse them).
+    pub fn counters(&self) -> [(&'static str, u64); 12] {
         [
             ("total_requests", self.total_requests),
             ("current_subscribers", self.current_subscribers),
@@ -68,8 +69,6 @@ impl Stats {
             ("documents_served", self.documents_served),
             ("documents_not_found", self.documents_not_found),
             ("errors_served", self.errors_served),
-            ("slow_consumers_dropped", self.slow_consumers_dropped),
-            ("connections_refused", self.connections_refused),
         ]
     }
 }

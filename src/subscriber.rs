@@ -66,6 +66,9 @@ pub struct Streaming {
     ends_at: Option<Instant>,
     /// Set while the socket would block with bytes still to send.
     blocked_since: Option<Instant>,
+    /// Close after this many events (0: never): `MaxMessages`, raised to
+    /// the backlog's size since a backlog is always sent whole.
+    limit: u64,
     events: u64,
     bytes: u64,
 }
@@ -166,20 +169,22 @@ impl Subscriber {
         });
     }
 
-    /// Drives the connection after readiness or new data.
+    /// Drives the connection after readiness or new data; `readable` says
+    /// whether the socket may have input (a flush of new events only writes).
     pub fn drive(
         &mut self,
         channels: &Channels,
         stats: &mut Stats,
         scratch: &mut [u8],
         head_limit: usize,
+        readable: bool,
         now: Instant,
     ) -> Step {
         match &mut self.state {
             State::Head(head) => read_head(&mut self.socket, head, scratch, head_limit, stats),
             State::Reply(reply) => write_reply(&mut self.socket, reply, stats),
             State::Streaming(s) => {
-                if let Some(reason) = discard_input(&mut self.socket, scratch, stats) {
+                if readable && let Some(reason) = discard_input(&mut self.socket, scratch, stats) {
                     return Step::Close(reason);
                 }
                 s.write(&mut self.socket, channels, stats, now)
@@ -423,6 +428,17 @@ impl Subscriber {
                 def.backlog,
             ));
         }
+        let backlog: u64 = cursors
+            .iter()
+            .filter_map(|c| {
+                let stream = ctx.channels.get(c.channel)?.stream(c.stream);
+                Some(stream.events_completed(c.pos, stream.head()))
+            })
+            .sum();
+        let limit = match mode.max_messages {
+            0 => 0,
+            max => max.max(backlog),
+        };
         let secs = |s: u64| (s > 0).then(|| ctx.now + Duration::from_secs(s));
         self.state = State::Streaming(Streaming {
             hostid: hostid.into(),
@@ -438,6 +454,7 @@ impl Subscriber {
             out_pos: 0,
             started: ctx.now,
             blocked_since: None,
+            limit,
             events: 0,
             bytes: 0,
         });
@@ -579,8 +596,8 @@ impl Streaming {
         if second != u64::MAX {
             end = end.min(stream.end_of_ids_up_to(second - 1));
         }
-        if self.mode.max_messages > 0 {
-            let left = self.mode.max_messages.saturating_sub(self.events);
+        if self.limit > 0 {
+            let left = self.limit.saturating_sub(self.events);
             end = end.min(stream.after_events(cursor.pos, left));
         }
         Ok(Some((i, cursor.pos, end)))
@@ -616,7 +633,7 @@ impl Streaming {
                 self.out = Vec::new();
                 self.out_pos = 0;
             }
-            if self.mode.max_messages > 0 && self.events >= self.mode.max_messages {
+            if self.limit > 0 && self.events >= self.limit {
                 return Step::Close(Reason::MaxMessages);
             }
             let (i, from, to) = match self.next_chunk(channels) {
