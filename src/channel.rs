@@ -265,7 +265,8 @@ impl Channels {
         self.by_name.get(name).and_then(|&k| self.slab.get(k))
     }
 
-    pub fn len(&self) -> usize {
+    /// How many channels exist (`channel_count`).
+    pub fn count(&self) -> usize {
         self.slab.len()
     }
 
@@ -532,16 +533,16 @@ mod tests {
         let mut ch = Channels::new(10, 2);
         let t = template();
         let c = ch.attach(b"poll", &t, 1, false, Backlog::None);
-        assert_eq!(ch.len(), 1);
+        assert_eq!(ch.count(), 1);
         ch.detach(&c, false);
-        assert_eq!(ch.len(), 0);
+        assert_eq!(ch.count(), 0);
         ch.publish(b"old", b"x", 1_000);
         ch.publish(b"old", b"y", 2_500);
         assert_eq!(ch.next_expiry_ms(), Some(3_000));
         ch.expire(3_000);
         assert_eq!(ch.by_name(b"old").map(Channel::message_count), Some(1));
         ch.expire(4_500);
-        assert_eq!(ch.len(), 0);
+        assert_eq!(ch.count(), 0);
     }
 
     #[test]

@@ -258,7 +258,7 @@ impl Controller {
                     self.out,
                     "OK\r\nuptime: {}\r\nchannel_count: {}\r\n",
                     stats.started.elapsed().as_secs(),
-                    ctx.channels.len()
+                    ctx.channels.count()
                 );
                 for (name, value) in stats.counters() {
                     let _ = write!(self.out, "{name}: {value}\r\n");

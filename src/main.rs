@@ -1,19 +1,8 @@
 //! meteord: a Comet server. Publishers push events into channels over a
 //! line protocol; browsers receive them live over plain HTTP.
 
-mod channel;
-mod config;
-mod conn;
-mod controller;
-mod docs;
-mod http;
-mod log;
-mod server;
-mod stats;
-mod subscriber;
-mod template;
-
-use config::Action;
+use meteord::config::{self, Action};
+use meteord::{info, log, server};
 
 /// Raises the open-file soft limit to the hard limit; returns the limit in force.
 fn raise_fd_limit() -> usize {

@@ -157,7 +157,7 @@ impl Server {
             poll,
             conns,
             channels: Channels::new(config.max_messages_per_channel, config.max_message_age),
-            stats: Stats::new(),
+            stats: Stats::default(),
             docs: Documents::new(config.document_root.clone(), config.directory_index.clone()),
             config,
             command_line,

@@ -26,8 +26,8 @@ pub struct Stats {
     pub connections_refused: u64,
 }
 
-impl Stats {
-    pub fn new() -> Stats {
+impl Default for Stats {
+    fn default() -> Stats {
         Stats {
             started: Instant::now(),
             total_requests: 0,
@@ -46,7 +46,9 @@ impl Stats {
             connections_refused: 0,
         }
     }
+}
 
+impl Stats {
     /// The classic counters, in `SHOWSTATS` order (exactly these twelve:
     /// publishers' scripts parse them).
     pub fn counters(&self) -> [(&'static str, u64); 12] {

@@ -1,0 +1,15 @@
+//! meteord as a library: the modules of the server, exposed so that tests,
+//! fuzzers and benchmarks can drive the parsers directly. The binary is
+//! `src/main.rs`.
+
+pub mod channel;
+pub mod config;
+pub mod conn;
+pub mod controller;
+pub mod docs;
+pub mod http;
+pub mod log;
+pub mod server;
+pub mod stats;
+pub mod subscriber;
+pub mod template;
