@@ -56,6 +56,12 @@ const KEYS: &[Key] = &[
         help: "Port publishers connect to",
     },
     Key {
+        name: "ControllerPassword",
+        default: "",
+        scope: Scope::Global,
+        help: "When set, controllers must send AUTH <password> first (empty: no password)",
+    },
+    Key {
         name: "ControllerShutdownMsg",
         default: "",
         scope: Scope::Global,
@@ -222,6 +228,18 @@ const KEYS: &[Key] = &[
         default: "",
         scope: Scope::Global,
         help: "Address the UDP port listens on (empty: 127.0.0.1)",
+    },
+    Key {
+        name: "UDPAllowUnauthenticated",
+        default: "0",
+        scope: Scope::Global,
+        help: "1: allow UDP publishing even though ControllerPassword is set",
+    },
+    Key {
+        name: "UDPMaxBytes",
+        default: "8192",
+        scope: Scope::Global,
+        help: "Largest UDP datagram accepted (larger ones are dropped and logged)",
     },
     Key {
         name: "UDPPort",
@@ -549,6 +567,7 @@ pub struct Limits {
     pub channel_name_length: usize,
     pub channels_per_request: usize,
     pub write_timeout: u64,
+    pub udp_bytes: usize,
 }
 
 /// The whole configuration the server runs with.
@@ -567,6 +586,8 @@ pub struct Config {
     pub max_messages_per_channel: usize,
     pub max_message_age: u64,
     pub controller_shutdown: Vec<u8>,
+    /// `ControllerPassword`; None when empty.
+    pub controller_password: Option<Vec<u8>>,
     pub limits: Limits,
     pub global_mode: Rc<Mode>,
     pub modes: HashMap<String, Rc<Mode>>,
@@ -580,17 +601,17 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn text(&self, name: &str, mode: Option<&str>) -> Vec<u8> {
-        let key = key_index(name).unwrap_or(0);
+    fn text(&self, name: &str, mode: Option<&str>) -> Result<Vec<u8>, ConfigError> {
+        let key = key_index(name).ok_or_else(|| error(format!("internal: no key named {name}")))?;
         let value = mode
             .and_then(|m| self.raw.get(key, Some(m)))
             .or_else(|| self.raw.get(key, None))
             .unwrap_or(KEYS[key].default);
-        unescape(value)
+        Ok(unescape(value))
     }
 
     fn string(&self, name: &str, mode: Option<&str>) -> Result<String, ConfigError> {
-        String::from_utf8(self.text(name, mode))
+        String::from_utf8(self.text(name, mode)?)
             .map_err(|_| error(format!("{name}: the value is not valid UTF-8")))
     }
 
@@ -641,11 +662,11 @@ impl Reader<'_> {
             ping_interval = 0;
         }
         Ok(Mode {
-            header: Template::parse(&self.text("HeaderTemplate", mode)),
-            message: Rc::new(Template::parse(&self.text("MessageTemplate", mode))),
-            channel_info: Template::parse(&self.text("ChannelInfoTemplate", mode)),
-            ping: self.text("PingMessage", mode),
-            shutdown: self.text("SubscriberShutdownMsg", mode),
+            header: Template::parse(&self.text("HeaderTemplate", mode)?),
+            message: Rc::new(Template::parse(&self.text("MessageTemplate", mode)?)),
+            channel_info: Template::parse(&self.text("ChannelInfoTemplate", mode)?),
+            ping: self.text("PingMessage", mode)?,
+            shutdown: self.text("SubscriberShutdownMsg", mode)?,
             persist: self.flag("Persist", mode)?,
             max_messages: self.number("MaxMessages", mode)?,
             max_time: self.number("MaxTime", mode)?,
@@ -696,6 +717,17 @@ impl Config {
             dynamic_page_address.insert(0, '/');
         }
         let max_messages_per_channel = r.size("MaxMessagesPerChannel")?;
+        let controller_password =
+            Some(r.text("ControllerPassword", None)?).filter(|p| !p.is_empty());
+        if controller_password.is_some()
+            && udp_port != 0
+            && !r.flag("UDPAllowUnauthenticated", None)?
+        {
+            return Err(error(
+                "UDPPort is set but UDP has no authentication while ControllerPassword is set: \
+                 turn UDP off or set UDPAllowUnauthenticated 1",
+            ));
+        }
         Ok(Config {
             file,
             subscriber_addr: SocketAddr::new(
@@ -720,7 +752,8 @@ impl Config {
             dynamic_page_address,
             max_messages_per_channel,
             max_message_age: r.number("MaxMessageAge", None)?,
-            controller_shutdown: r.text("ControllerShutdownMsg", None),
+            controller_shutdown: r.text("ControllerShutdownMsg", None)?,
+            controller_password,
             limits: Limits {
                 head_bytes: r.size("MaxRequestHeadBytes")?.max(64),
                 header_lines: r.size("MaxHeaderLines")?.max(1),
@@ -731,6 +764,7 @@ impl Config {
                 channel_name_length: r.size("MaxChannelNameLength")?.max(1),
                 channels_per_request: r.size("MaxChannelsPerRequest")?.max(1),
                 write_timeout: r.number("WriteTimeout", None)?.max(1),
+                udp_bytes: r.size("UDPMaxBytes")?.max(16),
             },
             global_mode,
             modes,

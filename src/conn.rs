@@ -45,6 +45,7 @@ pub enum Reason {
     NotFound,
     TooManyConnections,
     LineTooLong,
+    BadPassword,
     Quit,
     /// A socket error other than the peer going away.
     Error(io::ErrorKind),
@@ -68,6 +69,7 @@ impl Reason {
             Reason::NotFound => "notFound",
             Reason::TooManyConnections => "tooManyConnections",
             Reason::LineTooLong => "lineTooLong",
+            Reason::BadPassword => "badPassword",
             Reason::Quit => "quit",
             Reason::Error(_) => "error",
         }

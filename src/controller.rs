@@ -4,6 +4,7 @@
 
 use crate::channel::Channels;
 use crate::conn::{Io, READS_PER_TURN, Reason, read_some, write_some};
+use crate::info;
 use crate::stats::Stats;
 use mio::net::TcpStream;
 use std::io::Write;
@@ -12,14 +13,36 @@ use std::net::SocketAddr;
 /// Stop reading commands while this many reply bytes wait for the peer.
 const OUT_HIGH_WATER: usize = 1024 * 1024;
 
+/// Compares two secrets in time that depends only on their lengths, so a
+/// wrong guess does not reveal how much of it was right.
+pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let longest = given.len().max(expected.len());
+    let mut diff = u8::from(given.len() != expected.len());
+    for i in 0..longest {
+        let a = given.get(i).copied().unwrap_or(0);
+        let b = expected.get(i).copied().unwrap_or(0);
+        diff |= a ^ b;
+    }
+    std::hint::black_box(diff) == 0
+}
+
 /// One parsed controller command.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
-    AddMessage { channel: &'a [u8], text: &'a [u8] },
-    CountSubscribers { channel: &'a [u8] },
+    AddMessage {
+        channel: &'a [u8],
+        text: &'a [u8],
+    },
+    CountSubscribers {
+        channel: &'a [u8],
+    },
     ListChannels,
     ShowStats,
     Quit,
+    /// `AUTH <password>`: unlocks a connection when `ControllerPassword` is set.
+    Auth {
+        password: &'a [u8],
+    },
 }
 
 fn is_space(b: u8) -> bool {
@@ -56,6 +79,10 @@ pub fn parse(line: &[u8]) -> Option<Command<'_>> {
         b"LISTCHANNELS" if only_space(rest) => Some(Command::ListChannels),
         b"SHOWSTATS" if only_space(rest) => Some(Command::ShowStats),
         b"QUIT" if only_space(rest) => Some(Command::Quit),
+        b"AUTH" => {
+            let password = rest.strip_prefix(b" ")?;
+            Some(Command::Auth { password })
+        }
         _ => None,
     }
 }
@@ -63,6 +90,8 @@ pub fn parse(line: &[u8]) -> Option<Command<'_>> {
 /// Where a controller is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// `ControllerPassword` is set: only `AUTH` is answered.
+    Locked,
     /// Reading and answering commands.
     Open,
     /// Sending what is left of the replies, then closing for this reason.
@@ -97,24 +126,27 @@ pub struct Context<'a> {
     pub stats: &'a mut Stats,
     pub max_line: usize,
     pub max_channel_name: usize,
+    /// `ControllerPassword`, when set.
+    pub password: Option<&'a [u8]>,
     pub now_ms: u64,
 }
 
 impl Controller {
-    pub fn new(socket: TcpStream, peer: SocketAddr) -> Controller {
+    /// A new connection; `locked` when it must send `AUTH` first.
+    pub fn new(socket: TcpStream, peer: SocketAddr, locked: bool) -> Controller {
         Controller {
             socket,
             peer,
             partial: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
-            phase: Phase::Open,
+            phase: if locked { Phase::Locked } else { Phase::Open },
         }
     }
 
     /// Queues a last message (the `ControllerShutdownMsg`) and closes once sent.
     pub fn shut_down(&mut self, message: &[u8]) {
-        if self.phase == Phase::Open {
+        if self.reading() {
             self.out.extend_from_slice(message);
             self.phase = Phase::Closing(Reason::Shutdown);
         }
@@ -139,6 +171,10 @@ impl Controller {
             self.out = Vec::new();
         }
         Ok(())
+    }
+
+    fn reading(&self) -> bool {
+        matches!(self.phase, Phase::Open | Phase::Locked)
     }
 
     fn backlog(&self) -> usize {
@@ -183,7 +219,7 @@ impl Controller {
 
     /// Splits input into lines and answers each complete one.
     fn take_input(&mut self, mut data: &[u8], ctx: &mut Context) {
-        while self.phase == Phase::Open {
+        while self.reading() {
             let Some(nl) = memchr::memchr(b'\n', data) else {
                 break;
             };
@@ -196,7 +232,7 @@ impl Controller {
             }
             data = &data[nl + 1..];
         }
-        if self.phase != Phase::Open {
+        if !self.reading() {
             return;
         }
         if self.partial.len() + data.len() > ctx.max_line {
@@ -223,8 +259,26 @@ impl Controller {
             return;
         }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let command = parse(line);
+        if self.phase == Phase::Locked {
+            match (command, ctx.password) {
+                (Some(Command::Auth { password }), Some(expected))
+                    if same_secret(password, expected) =>
+                {
+                    self.out.extend_from_slice(b"OK\r\n");
+                    self.phase = Phase::Open;
+                }
+                (Some(Command::Auth { .. }), _) => {
+                    info!("{}: controller sent a wrong password", self.peer);
+                    self.reply(ctx.stats, b"ERR Invalid password\r\n");
+                    self.phase = Phase::Closing(Reason::BadPassword);
+                }
+                _ => self.reply(ctx.stats, b"ERR Not authenticated\r\n"),
+            }
+            return;
+        }
         // Writing into a Vec cannot fail.
-        match parse(line) {
+        match command {
             Some(Command::AddMessage { channel, .. } | Command::CountSubscribers { channel })
                 if channel.len() > ctx.max_channel_name =>
             {
@@ -269,6 +323,8 @@ impl Controller {
                 self.out.extend_from_slice(b"OK\r\n");
                 self.phase = Phase::Closing(Reason::Quit);
             }
+            // Publishers configured with a password may talk to a server without one.
+            Some(Command::Auth { .. }) => self.out.extend_from_slice(b"OK\r\n"),
             None => self.reply(ctx.stats, b"ERR Invalid command syntax\r\n"),
         }
     }
@@ -320,6 +376,16 @@ mod tests {
         assert_eq!(parse(b"SHOWSTATS x"), None);
         assert_eq!(parse(b"showstats"), None);
         assert_eq!(parse(b"QUIT"), Some(Command::Quit));
+        assert_eq!(
+            parse(b"AUTH s3 cret"),
+            Some(Command::Auth {
+                password: b"s3 cret"
+            })
+        );
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"ab", b"abc"));
+        assert!(!same_secret(b"", b"a"));
         assert_eq!(parse(b""), None);
     }
 }

@@ -373,7 +373,8 @@ impl Server {
             info!("{peer}: cannot register controller: {e}");
             return;
         }
-        entry.insert(Conn::Controller(Controller::new(socket, peer)));
+        let locked = self.config.controller_password.is_some();
+        entry.insert(Conn::Controller(Controller::new(socket, peer, locked)));
         self.stats.current_controllers += 1;
         info!("{peer}: controller connected");
     }
@@ -387,6 +388,7 @@ impl Server {
             stats: &mut self.stats,
             max_line: self.config.limits.controller_line_bytes,
             max_channel_name: self.config.limits.channel_name_length,
+            password: self.config.controller_password.as_deref(),
             now_ms: unix_ms(),
         };
         match c.drive(&mut ctx, &mut self.scratch) {
@@ -589,6 +591,13 @@ impl Server {
                 }
             };
             self.stats.total_inbound_bytes += n as u64;
+            if n > self.config.limits.udp_bytes {
+                info!(
+                    "{peer}: dropped a UDP datagram of {n} bytes (UDPMaxBytes {})",
+                    self.config.limits.udp_bytes
+                );
+                continue;
+            }
             let datagram = &self.scratch[..n];
             let datagram = datagram
                 .strip_suffix(b"\r\n")
