@@ -32,6 +32,12 @@ const DEFAULT_HEADER: &str = "HTTP/1.1 ~status~\\r\\nServer: ~server~\\r\\nConte
 /// live here too, so that every bound is one line of this table.
 const KEYS: &[Key] = &[
     Key {
+        name: "AllowedOrigins",
+        default: "",
+        scope: Scope::Global,
+        help: "Origins (space-separated, or *) whose pages may read subscriber replies; see ~cors~",
+    },
+    Key {
         name: "ChannelInfoTemplate",
         default: "<script>ch(\"~name~\", ~lastMsgID~);</script>\\r\\n",
         scope: Scope::Mode,
@@ -582,6 +588,8 @@ pub struct Config {
     pub log_time_format: TimeFormat,
     pub document_root: Option<PathBuf>,
     pub directory_index: String,
+    /// `AllowedOrigins`, split on whitespace.
+    pub allowed_origins: Vec<String>,
     pub dynamic_page_address: String,
     pub max_messages_per_channel: usize,
     pub max_message_age: u64,
@@ -749,6 +757,11 @@ impl Config {
             log_time_format,
             document_root: (!root.is_empty() && root != "/").then(|| PathBuf::from(root)),
             directory_index: r.string("DirectoryIndex", None)?,
+            allowed_origins: r
+                .string("AllowedOrigins", None)?
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
             dynamic_page_address,
             max_messages_per_channel,
             max_message_age: r.number("MaxMessageAge", None)?,

@@ -34,6 +34,11 @@ pub struct RequestHead {
     /// The request target, query string included.
     pub target: String,
     pub user_agent: String,
+    /// `Origin`, for the `~cors~` placeholder.
+    pub origin: Option<String>,
+    /// `Last-Event-ID` (sent by a reconnecting EventSource): resume every
+    /// requested channel after this id.
+    pub last_event_id: Option<u64>,
 }
 
 /// Where the head ends: just past the first empty line (CRLF or bare LF).
@@ -60,16 +65,29 @@ pub fn parse_head(head: &[u8], max_headers: usize) -> Result<RequestHead, HttpEr
             .headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).into_owned())
-            .unwrap_or_default()
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+            .filter(|v| !v.is_empty())
     };
     Ok(RequestHead {
-        user_agent: Some(header("User-Agent"))
-            .filter(|ua| !ua.is_empty())
-            .unwrap_or_else(|| "-".to_owned()),
+        user_agent: header("User-Agent").unwrap_or_else(|| "-".to_owned()),
+        origin: header("Origin"),
+        last_event_id: header("Last-Event-ID").and_then(|v| v.parse().ok()),
         method: request.method.unwrap_or_default().to_owned(),
         target: request.path.unwrap_or_default().to_owned(),
     })
+}
+
+/// The header lines `~cors~` renders: the request's origin is echoed
+/// when `allowed` (from `AllowedOrigins`) lists it or is `*`.
+pub fn cors_lines(allowed: &[String], origin: Option<&str>) -> String {
+    let any = allowed.iter().any(|a| a == "*");
+    match origin {
+        Some(o) if any || allowed.iter().any(|a| a == o) => {
+            format!("Access-Control-Allow-Origin: {o}\r\nVary: Origin\r\n")
+        }
+        None if any => "Access-Control-Allow-Origin: *\r\n".to_owned(),
+        _ => String::new(),
+    }
 }
 
 /// One entry of a push URL's channel list.
@@ -221,13 +239,29 @@ mod tests {
         assert_eq!(head_end(b"GET / HTTP/1.0\r\n\r\nrest"), Some(18));
         assert_eq!(head_end(b"GET / HTTP/1.0\nA: b\n\nrest"), Some(21));
         assert_eq!(head_end(b"GET / HTTP/1.0\r\nA: b\r\n"), None);
-        let parsed = parse_head(b"GET /x?y HTTP/1.1\nUser-Agent: t\n\n", 8);
-        assert_eq!(parsed.map(|h| h.user_agent), Ok("t".to_owned()));
+        let parsed = parse_head(b"GET /x?y HTTP/1.1\nUser-Agent: t\nLast-Event-ID: 7\n\n", 8);
+        assert_eq!(parsed.as_ref().map(|h| h.user_agent.as_str()), Ok("t"));
+        assert_eq!(parsed.map(|h| h.last_event_id), Ok(Some(7)));
         assert_eq!(
             parse_head(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n", 1),
             Err(HttpError::TooManyHeaders)
         );
         assert_eq!(parse_head(b"\x01\r\n\r\n", 8), Err(HttpError::BadRequest));
+    }
+
+    #[test]
+    fn cors_echoes_allowed_origins_only() {
+        let allowed = vec!["https://a.example".to_owned()];
+        assert_eq!(
+            cors_lines(&allowed, Some("https://a.example")),
+            "Access-Control-Allow-Origin: https://a.example\r\nVary: Origin\r\n"
+        );
+        assert_eq!(cors_lines(&allowed, Some("https://b.example")), "");
+        assert_eq!(cors_lines(&[], Some("https://a.example")), "");
+        assert_eq!(
+            cors_lines(&["*".to_owned()], None),
+            "Access-Control-Allow-Origin: *\r\n"
+        );
     }
 
     #[test]

@@ -87,6 +87,15 @@ pub enum Step {
     Close(Reason),
 }
 
+/// What a push request asks for, once routed.
+struct StreamRequest<'a> {
+    hostid: String,
+    mode_name: String,
+    mode: Rc<Mode>,
+    user_agent: &'a str,
+    cors: &'a str,
+}
+
 /// What answering a request needs from the rest of the server.
 pub struct Context<'a> {
     pub config: &'a Config,
@@ -107,8 +116,8 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Renders a mode's header template with a status and channel info.
-fn header(template: &Template, status: &str, channel_info: &[u8]) -> Vec<u8> {
+/// Renders a mode's header template with a status, channel info and CORS lines.
+fn header(template: &Template, status: &str, channel_info: &[u8], cors: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + channel_info.len());
     let now = unix_now();
     template.render(&mut out, |p| match p {
@@ -116,6 +125,7 @@ fn header(template: &Template, status: &str, channel_info: &[u8]) -> Vec<u8> {
         Placeholder::Server => Value::Bytes(PROGRAM.as_bytes()),
         Placeholder::ServerTime => Value::Number(now),
         Placeholder::ChannelInfo => Value::Bytes(channel_info),
+        Placeholder::Cors => Value::Bytes(cors.as_bytes()),
         _ => Value::None,
     });
     out
@@ -156,7 +166,7 @@ impl Subscriber {
             HttpError::Unavailable => Reason::TooManyConnections,
             _ => Reason::BadRequest,
         };
-        let bytes = header(&config.global_mode.header, error.status(), b"");
+        let bytes = header(&config.global_mode.header, error.status(), b"", "");
         self.reply(bytes.into(), reason, now, config.limits.write_timeout);
     }
 
@@ -296,6 +306,7 @@ impl Subscriber {
             Route::BadDocument
         };
         let global = &ctx.config.global_mode;
+        let cors = http::cors_lines(&ctx.config.allowed_origins, request.origin.as_deref());
         match route {
             Route::Push {
                 hostid,
@@ -305,23 +316,29 @@ impl Subscriber {
                 let mode_settings = Rc::clone(ctx.config.mode(&mode));
                 if channels.is_empty() {
                     ctx.stats.errors_served += 1;
-                    let bytes = header(&mode_settings.header, "404 Not Found", b"");
+                    let bytes = header(&mode_settings.header, "404 Not Found", b"", &cors);
                     return self.reply(bytes.into(), Reason::NotFound, ctx.now, write_timeout);
                 }
-                self.stream(
+                let mut channels = channels;
+                if let Some(last) = request.last_event_id {
+                    for def in &mut channels {
+                        def.backlog = Backlog::FromId(last.saturating_add(1));
+                    }
+                }
+                let request = StreamRequest {
                     hostid,
-                    mode,
-                    mode_settings,
-                    channels,
-                    &request.user_agent,
-                    ctx,
-                );
+                    mode_name: mode,
+                    mode: mode_settings,
+                    user_agent: &request.user_agent,
+                    cors: &cors,
+                };
+                self.stream(request, channels, ctx);
             }
             Route::Disconnect { hostid } => {
                 if let Some(&other) = ctx.hosts.get(hostid.as_str()) {
                     ctx.kicks.push((other, Reason::DisconnectRequested));
                 }
-                let bytes = header(&global.header, "200 OK", b"");
+                let bytes = header(&global.header, "200 OK", b"", &cors);
                 self.reply(
                     bytes.into(),
                     Reason::ResponseComplete,
@@ -334,7 +351,7 @@ impl Subscriber {
                 if !ctx.docs.enabled() || request.method != "GET" =>
             {
                 ctx.stats.errors_served += 1;
-                let bytes = header(&global.header, "404 Not Found", b"");
+                let bytes = header(&global.header, "404 Not Found", b"", &cors);
                 self.reply(bytes.into(), Reason::NotFound, ctx.now, write_timeout);
             }
             Route::Document { path } => {
@@ -376,15 +393,14 @@ impl Subscriber {
         );
     }
 
-    fn stream(
-        &mut self,
-        hostid: String,
-        mode_name: String,
-        mode: Rc<Mode>,
-        defs: Vec<http::ChannelDef>,
-        user_agent: &str,
-        ctx: &mut Context,
-    ) {
+    fn stream(&mut self, request: StreamRequest, defs: Vec<http::ChannelDef>, ctx: &mut Context) {
+        let StreamRequest {
+            hostid,
+            mode_name,
+            mode,
+            user_agent,
+            cors,
+        } = request;
         if mode.persist
             && let Some(old) = ctx.hosts.insert(hostid.as_str().into(), ctx.token)
         {
@@ -406,7 +422,7 @@ impl Subscriber {
                 _ => Value::None,
             });
         }
-        let out = header(&mode.header, "200 OK", &info);
+        let out = header(&mode.header, "200 OK", &info, cors);
         let mut cursors = Vec::with_capacity(defs.len());
         for def in &defs {
             let start = match def.backlog {

@@ -1,6 +1,6 @@
-//! Templates with `~name~` placeholders, parsed once when the configuration
-//! is loaded into literal and placeholder parts, so that rendering an event
-//! never scans template text.
+//! Templates with `~name~` placeholders (optionally escaped, `~text:js~`),
+//! parsed once when the configuration is loaded into literal and
+//! placeholder parts, so that rendering an event never scans template text.
 
 use std::io::Write;
 
@@ -21,6 +21,9 @@ pub enum Placeholder {
     LastMsgId,
     MessageCount,
     SubscriberCount,
+    /// `Access-Control-Allow-Origin` and `Vary` header lines when the
+    /// request's `Origin` is allowed (`AllowedOrigins`), else nothing.
+    Cors,
 }
 
 impl Placeholder {
@@ -38,15 +41,99 @@ impl Placeholder {
             b"lastMsgID" => Placeholder::LastMsgId,
             b"messageCount" => Placeholder::MessageCount,
             b"subscriberCount" => Placeholder::SubscriberCount,
+            b"cors" => Placeholder::Cors,
             _ => return None,
         })
+    }
+}
+
+/// How a value is written into the template: `~name~` raw (the classic
+/// behaviour), or `~name:js~`, `~name:html~`, `~name:json~`, `~name:sse~`
+/// so that a published `</script>` or quote cannot break out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Escape {
+    Raw,
+    /// Inside a JavaScript string literal (either quote) in a `<script>`.
+    Js,
+    /// HTML text or attribute value.
+    Html,
+    /// Inside a JSON string.
+    Json,
+    /// A server-sent event's data: each line break starts a new `data:` line.
+    Sse,
+}
+
+impl Escape {
+    fn from_name(name: &[u8]) -> Option<Escape> {
+        Some(match name {
+            b"js" => Escape::Js,
+            b"html" => Escape::Html,
+            b"json" => Escape::Json,
+            b"sse" => Escape::Sse,
+            _ => return None,
+        })
+    }
+
+    /// Appends `bytes` to `out`, escaped.
+    pub fn write(self, out: &mut Vec<u8>, bytes: &[u8]) {
+        if self == Escape::Raw {
+            return out.extend_from_slice(bytes);
+        }
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            // U+2028 and U+2029 end lines in JavaScript and JSON embedded in it.
+            let separator =
+                bytes[i..].starts_with(b"\xe2\x80\xa8") || bytes[i..].starts_with(b"\xe2\x80\xa9");
+            match self {
+                Escape::Js | Escape::Json if separator => {
+                    out.extend_from_slice(if bytes[i + 2] == 0xa8 {
+                        b"\\u2028"
+                    } else {
+                        b"\\u2029"
+                    });
+                    i += 3;
+                    continue;
+                }
+                Escape::Js | Escape::Json => match b {
+                    b'"' => out.extend_from_slice(b"\\\""),
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    b'\'' if self == Escape::Js => out.extend_from_slice(b"\\'"),
+                    b'<' | b'>' | b'&' | b'\'' | 0..0x20 | 0x7f => {
+                        let _ = write!(out, "\\u{b:04x}");
+                    }
+                    _ => out.push(b),
+                },
+                Escape::Html => match b {
+                    b'&' => out.extend_from_slice(b"&amp;"),
+                    b'<' => out.extend_from_slice(b"&lt;"),
+                    b'>' => out.extend_from_slice(b"&gt;"),
+                    b'"' => out.extend_from_slice(b"&quot;"),
+                    b'\'' => out.extend_from_slice(b"&#39;"),
+                    _ => out.push(b),
+                },
+                Escape::Sse => match b {
+                    b'\r' if bytes.get(i + 1) == Some(&b'\n') => {
+                        out.extend_from_slice(b"\ndata: ");
+                        i += 1;
+                    }
+                    b'\r' | b'\n' => out.extend_from_slice(b"\ndata: "),
+                    _ => out.push(b),
+                },
+                Escape::Raw => out.push(b),
+            }
+            i += 1;
+        }
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Part {
     Literal(Vec<u8>),
-    Field(Placeholder),
+    Field(Placeholder, Escape),
 }
 
 /// A parsed template. `source` is kept so that equal templates of different
@@ -55,6 +142,17 @@ enum Part {
 pub struct Template {
     source: Vec<u8>,
     parts: Vec<Part>,
+}
+
+/// `name` or `name:escape`; None for an unknown name or escape.
+fn parse_field(name: &[u8]) -> Option<(Placeholder, Escape)> {
+    match memchr::memchr(b':', name) {
+        None => Some((Placeholder::from_name(name)?, Escape::Raw)),
+        Some(colon) => Some((
+            Placeholder::from_name(&name[..colon])?,
+            Escape::from_name(&name[colon + 1..])?,
+        )),
+    }
 }
 
 /// A value to put in place of a placeholder.
@@ -82,11 +180,11 @@ impl Template {
             let name = &after[..close];
             if name.is_empty() {
                 literal.push(b'~');
-            } else if let Some(field) = Placeholder::from_name(name) {
+            } else if let Some((field, escape)) = parse_field(name) {
                 if !literal.is_empty() {
                     parts.push(Part::Literal(std::mem::take(&mut literal)));
                 }
-                parts.push(Part::Field(field));
+                parts.push(Part::Field(field, escape));
             }
             rest = &after[close + 1..];
         }
@@ -110,8 +208,8 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Literal(bytes) => out.extend_from_slice(bytes),
-                Part::Field(field) => match value(*field) {
-                    Value::Bytes(bytes) => out.extend_from_slice(bytes),
+                Part::Field(field, escape) => match value(*field) {
+                    Value::Bytes(bytes) => escape.write(out, bytes),
                     // Writing into a Vec cannot fail.
                     Value::Number(n) => {
                         let _ = write!(out, "{n}");
@@ -145,5 +243,34 @@ mod tests {
         assert_eq!(render("open ~ended"), "open ~ended");
         assert_eq!(render("~~id~~"), "~id~");
         assert_eq!(render(""), "");
+        assert_eq!(render("~text:nope~|~id:js~"), "|42");
+    }
+
+    fn escaped(escape: Escape, input: &str) -> String {
+        let mut out = Vec::new();
+        escape.write(&mut out, input.as_bytes());
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn escapes_keep_published_text_inside_its_string() {
+        let nasty = "</script>\"'\\\n\u{2028}&";
+        assert_eq!(
+            escaped(Escape::Js, nasty),
+            "\\u003c/script\\u003e\\\"\\'\\\\\\n\\u2028\\u0026"
+        );
+        assert_eq!(
+            escaped(Escape::Json, nasty),
+            "\\u003c/script\\u003e\\\"\\u0027\\\\\\n\\u2028\\u0026"
+        );
+        assert_eq!(
+            escaped(Escape::Html, nasty),
+            "&lt;/script&gt;&quot;&#39;\\\n\u{2028}&amp;"
+        );
+        assert_eq!(
+            escaped(Escape::Sse, "a\r\nb\nc\rd"),
+            "a\ndata: b\ndata: c\ndata: d"
+        );
+        assert_eq!(escaped(Escape::Raw, nasty), nasty);
     }
 }
