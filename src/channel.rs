@@ -483,6 +483,23 @@ impl Channels {
         }
     }
 
+    /// Messages held in all caches (for `/metrics`; walks every channel).
+    pub fn cached_events(&self) -> u64 {
+        self.slab.iter().map(|(_, c)| c.messages.len() as u64).sum()
+    }
+
+    /// Bytes held by caches and rendered buffers (for `/metrics`).
+    pub fn cached_bytes(&self) -> u64 {
+        self.slab
+            .iter()
+            .map(|(_, c)| {
+                let texts: usize = c.messages.iter().map(|m| m.text.len()).sum();
+                let streams: usize = c.streams.iter().map(|s| s.buf.len() - s.start).sum();
+                (texts + streams) as u64
+            })
+            .sum()
+    }
+
     /// Channels sorted by name, for `LISTCHANNELS`.
     pub fn sorted(&self) -> Vec<&Channel> {
         let mut list: Vec<&Channel> = self.slab.iter().map(|(_, c)| c).collect();

@@ -4,8 +4,9 @@
 
 use crate::channel::Channels;
 use crate::conn::{Io, READS_PER_TURN, Reason, read_some, write_some};
-use crate::info;
+use crate::http::{self, HttpError};
 use crate::stats::Stats;
+use crate::{control_http, info};
 use mio::net::TcpStream;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -94,6 +95,8 @@ enum Phase {
     Locked,
     /// Reading and answering commands.
     Open,
+    /// The first line was an HTTP request line: answering HTTP requests.
+    Http,
     /// Sending what is left of the replies, then closing for this reason.
     Closing(Reason),
 }
@@ -108,6 +111,9 @@ pub struct Controller {
     out: Vec<u8>,
     out_pos: usize,
     phase: Phase,
+    /// Lines answered so far: the first one decides between the line
+    /// protocol and HTTP.
+    lines: u64,
 }
 
 /// What the loop should do after driving a controller.
@@ -128,6 +134,9 @@ pub struct Context<'a> {
     pub max_channel_name: usize,
     /// `ControllerPassword`, when set.
     pub password: Option<&'a [u8]>,
+    pub allowed_origins: &'a [String],
+    pub head_bytes: usize,
+    pub header_lines: usize,
     pub now_ms: u64,
 }
 
@@ -141,6 +150,7 @@ impl Controller {
             out: Vec::new(),
             out_pos: 0,
             phase: if locked { Phase::Locked } else { Phase::Open },
+            lines: 0,
         }
     }
 
@@ -174,7 +184,7 @@ impl Controller {
     }
 
     fn reading(&self) -> bool {
-        matches!(self.phase, Phase::Open | Phase::Locked)
+        matches!(self.phase, Phase::Open | Phase::Locked | Phase::Http)
     }
 
     fn backlog(&self) -> usize {
@@ -219,10 +229,25 @@ impl Controller {
 
     /// Splits input into lines and answers each complete one.
     fn take_input(&mut self, mut data: &[u8], ctx: &mut Context) {
+        if self.phase == Phase::Http {
+            self.partial.extend_from_slice(data);
+            return self.take_http(ctx);
+        }
         while self.reading() {
             let Some(nl) = memchr::memchr(b'\n', data) else {
                 break;
             };
+            let http = self.lines == 0 && {
+                let mut first = self.partial.clone();
+                first.extend_from_slice(&data[..nl]);
+                control_http::is_request_line(&first)
+            };
+            if http {
+                self.phase = Phase::Http;
+                self.partial.extend_from_slice(data);
+                return self.take_http(ctx);
+            }
+            self.lines += 1;
             if self.partial.is_empty() {
                 self.answer(&data[..nl], ctx);
             } else {
@@ -242,6 +267,53 @@ impl Controller {
         } else {
             self.partial.extend_from_slice(data);
         }
+    }
+
+    /// Answers every complete HTTP request in `partial` (keep-alive and
+    /// pipelining work); a request over the bounds is answered and closes.
+    fn take_http(&mut self, ctx: &mut Context) {
+        while self.phase == Phase::Http {
+            let Some(head_len) = http::head_end(&self.partial) else {
+                if self.partial.len() > ctx.head_bytes {
+                    self.fail_http(control_http::error_response(HttpError::HeadTooLarge), ctx);
+                }
+                return;
+            };
+            if head_len > ctx.head_bytes {
+                return self.fail_http(control_http::error_response(HttpError::HeadTooLarge), ctx);
+            }
+            let request =
+                match control_http::parse_request(&self.partial[..head_len], ctx.header_lines) {
+                    Ok(request) => request,
+                    Err(error) => return self.fail_http(control_http::error_response(error), ctx),
+                };
+            let body_len = request.content_length.unwrap_or(0);
+            if body_len > ctx.max_line {
+                return self.fail_http(control_http::too_large_response(), ctx);
+            }
+            if request.method == "POST" && request.content_length.is_none() {
+                let error = control_http::error_response(HttpError::LengthRequired);
+                return self.fail_http(error, ctx);
+            }
+            if self.partial.len() < head_len + body_len {
+                return;
+            }
+            self.lines += 1;
+            let body = &self.partial[head_len..head_len + body_len];
+            let response = control_http::respond(&request, body, ctx);
+            self.out.extend_from_slice(&response);
+            self.partial.drain(..head_len + body_len);
+            if request.close {
+                self.phase = Phase::Closing(Reason::ResponseComplete);
+            }
+        }
+    }
+
+    fn fail_http(&mut self, response: Vec<u8>, ctx: &mut Context) {
+        ctx.stats.errors_served += 1;
+        self.out.extend_from_slice(&response);
+        self.partial = Vec::new();
+        self.phase = Phase::Closing(Reason::BadRequest);
     }
 
     fn reply(&mut self, stats: &mut Stats, bytes: &[u8]) {

@@ -11,6 +11,7 @@ pub enum HttpError {
     TooManyHeaders,
     Timeout,
     Unavailable,
+    LengthRequired,
 }
 
 impl HttpError {
@@ -23,6 +24,7 @@ impl HttpError {
             }
             HttpError::Timeout => "408 Request Timeout",
             HttpError::Unavailable => "503 Service Unavailable",
+            HttpError::LengthRequired => "411 Length Required",
         }
     }
 }

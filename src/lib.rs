@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod config;
 pub mod conn;
+pub mod control_http;
 pub mod controller;
 pub mod docs;
 pub mod http;

@@ -389,6 +389,9 @@ impl Server {
             max_line: self.config.limits.controller_line_bytes,
             max_channel_name: self.config.limits.channel_name_length,
             password: self.config.controller_password.as_deref(),
+            allowed_origins: &self.config.allowed_origins,
+            head_bytes: self.config.limits.head_bytes,
+            header_lines: self.config.limits.header_lines,
             now_ms: unix_ms(),
         };
         match c.drive(&mut ctx, &mut self.scratch) {

@@ -73,4 +73,12 @@ impl Stats {
             ("errors_served", self.errors_served),
         ]
     }
+
+    /// Our counters beyond the classic ones (HTTP `/stats` and `/metrics`).
+    pub fn extra_counters(&self) -> [(&'static str, u64); 2] {
+        [
+            ("slow_consumers_dropped", self.slow_consumers_dropped),
+            ("connections_refused", self.connections_refused),
+        ]
+    }
 }

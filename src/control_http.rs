@@ -1,0 +1,346 @@
+//! HTTP on the controller port, for tools that would rather use curl than a
+//! raw socket: `POST /pub/<channel>`, `GET /channels` and `GET /stats` as
+//! JSON, `GET /metrics` in the Prometheus text format. A connection is
+//! taken for HTTP when its first line is an HTTP request line.
+
+use crate::controller::{Context, same_secret};
+use crate::http::{HttpError, cors_lines};
+use crate::template::Escape;
+use std::fmt::Write as _;
+
+/// The parts of a control request head the endpoints use.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ControlRequest {
+    pub method: String,
+    pub path: String,
+    origin: Option<String>,
+    authorization: Option<String>,
+    /// `Content-Length`, when given.
+    pub content_length: Option<usize>,
+    /// Whether the client asked to close after this request.
+    pub close: bool,
+}
+
+/// Whether a controller's first line is an HTTP request line.
+pub fn is_request_line(line: &[u8]) -> bool {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut words = line.split(|&b| b == b' ');
+    let method = words.next().unwrap_or_default();
+    let target = words.next().unwrap_or_default();
+    let version = words.next().unwrap_or_default();
+    !method.is_empty()
+        && method.iter().all(u8::is_ascii_uppercase)
+        && target.starts_with(b"/")
+        && (version == b"HTTP/1.1" || version == b"HTTP/1.0")
+        && words.next().is_none()
+}
+
+/// Parses a complete request head.
+pub fn parse_request(head: &[u8], max_headers: usize) -> Result<ControlRequest, HttpError> {
+    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
+        _ => return Err(HttpError::BadRequest),
+    }
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+    };
+    let content_length = match header("Content-Length") {
+        Some(v) => Some(v.parse().map_err(|_| HttpError::BadRequest)?),
+        None => None,
+    };
+    if header("Transfer-Encoding").is_some() {
+        return Err(HttpError::BadRequest);
+    }
+    let version = request.version.unwrap_or(1);
+    let connection = header("Connection")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    Ok(ControlRequest {
+        method: request.method.unwrap_or_default().to_owned(),
+        path: request.path.unwrap_or_default().to_owned(),
+        origin: header("Origin"),
+        authorization: header("Authorization"),
+        content_length,
+        close: connection == "close" || (version == 0 && connection != "keep-alive"),
+    })
+}
+
+/// A complete response.
+fn response(status: &str, content_type: &str, body: &str, extra: &str, close: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nServer: meteord\r\nContent-Type: {content_type}\r\n\
+         Cache-Control: no-store\r\nContent-Length: {}\r\n{extra}",
+        body.len()
+    );
+    if close {
+        out.push_str("Connection: close\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    out.into_bytes()
+}
+
+/// The response to a head that could not be parsed or was too large.
+pub fn error_response(error: HttpError) -> Vec<u8> {
+    let status = error.status();
+    response(
+        status,
+        "text/plain; charset=utf-8",
+        &format!("{status}\n"),
+        "",
+        true,
+    )
+}
+
+/// The response to a body over `MaxControllerLineBytes`.
+pub fn too_large_response() -> Vec<u8> {
+    response(
+        "413 Content Too Large",
+        "text/plain; charset=utf-8",
+        "413 Content Too Large\n",
+        "",
+        true,
+    )
+}
+
+fn json_string(out: &mut String, bytes: &[u8]) {
+    let mut escaped = Vec::with_capacity(bytes.len() + 2);
+    Escape::Json.write(&mut escaped, bytes);
+    out.push('"');
+    out.push_str(&String::from_utf8_lossy(&escaped));
+    out.push('"');
+}
+
+/// Answers one request; `body` is its complete body.
+pub fn respond(request: &ControlRequest, body: &[u8], ctx: &mut Context) -> Vec<u8> {
+    let cors = cors_lines(ctx.allowed_origins, request.origin.as_deref());
+    let close = request.close;
+    let text = "text/plain; charset=utf-8";
+    let json = "application/json";
+    if request.method == "OPTIONS" {
+        let extra = format!(
+            "{cors}Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n\
+             Access-Control-Allow-Headers: Authorization, Content-Type\r\nAccess-Control-Max-Age: 600\r\n"
+        );
+        return response("204 No Content", text, "", &extra, close);
+    }
+    if let Some(expected) = ctx.password {
+        let given = request
+            .authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same_secret(g.as_bytes(), expected)) {
+            ctx.stats.errors_served += 1;
+            let extra = format!("{cors}WWW-Authenticate: Bearer\r\n");
+            return response(
+                "401 Unauthorized",
+                text,
+                "401 Unauthorized\n",
+                &extra,
+                close,
+            );
+        }
+    }
+    let path = request.path.split('?').next().unwrap_or_default();
+    let (status, content_type, payload) = match (request.method.as_str(), path) {
+        ("POST", p) if p.starts_with("/pub/") => publish(&p[5..], body, ctx),
+        ("GET", "/channels") => ("200 OK", json, channels(ctx)),
+        ("GET", "/stats") => ("200 OK", json, stats(ctx)),
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(ctx),
+        ),
+        (_, "/channels" | "/stats" | "/metrics") => (
+            "405 Method Not Allowed",
+            text,
+            "405 Method Not Allowed\n".into(),
+        ),
+        (_, p) if p.starts_with("/pub/") => (
+            "405 Method Not Allowed",
+            text,
+            "405 Method Not Allowed\n".into(),
+        ),
+        _ => ("404 Not Found", text, "404 Not Found\n".into()),
+    };
+    if !status.starts_with('2') {
+        ctx.stats.errors_served += 1;
+    }
+    response(status, content_type, &payload, &cors, close)
+}
+
+fn publish(channel: &str, body: &[u8], ctx: &mut Context) -> (&'static str, &'static str, String) {
+    let text = "text/plain; charset=utf-8";
+    let valid = !channel.is_empty()
+        && !channel
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b == b'/');
+    if !valid {
+        return (
+            "400 Bad Request",
+            text,
+            "400 Bad Request: no valid channel name in the path\n".into(),
+        );
+    }
+    if channel.len() > ctx.max_channel_name {
+        return (
+            "400 Bad Request",
+            text,
+            "400 Bad Request: channel name too long\n".into(),
+        );
+    }
+    let id = ctx.channels.publish(channel.as_bytes(), body, ctx.now_ms);
+    ctx.stats.unique_messages += 1;
+    ("200 OK", "application/json", format!("{{\"id\":{id}}}\n"))
+}
+
+fn channels(ctx: &Context) -> String {
+    let mut out = String::from("{\"channels\":[");
+    for (i, channel) in ctx.channels.sorted().into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"name\":");
+        json_string(&mut out, &channel.name);
+        let _ = write!(
+            out,
+            ",\"messages\":{},\"subscribers\":{},\"lastMsgID\":{}}}",
+            channel.message_count(),
+            channel.persistent,
+            channel.last_id()
+        );
+    }
+    out.push_str("]}\n");
+    out
+}
+
+fn stats(ctx: &Context) -> String {
+    let s = &*ctx.stats;
+    let mut out = format!(
+        "{{\"uptime\":{},\"channel_count\":{}",
+        s.started.elapsed().as_secs(),
+        ctx.channels.count()
+    );
+    for (name, value) in s.counters().into_iter().chain(s.extra_counters()) {
+        let _ = write!(out, ",\"{name}\":{value}");
+    }
+    let _ = write!(
+        out,
+        ",\"events_cached\":{},\"bytes_cached\":{}}}\n",
+        ctx.channels.cached_events(),
+        ctx.channels.cached_bytes()
+    );
+    out
+}
+
+/// One metric in the Prometheus text format.
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+    let _ = writeln!(
+        out,
+        "# HELP meteord_{name} {help}\n# TYPE meteord_{name} {kind}"
+    );
+    for (labels, value) in samples {
+        let _ = writeln!(out, "meteord_{name}{labels} {value}");
+    }
+}
+
+fn metrics(ctx: &Context) -> String {
+    let s = &*ctx.stats;
+    let mut out = String::new();
+    metric(
+        &mut out,
+        "uptime_seconds",
+        "gauge",
+        "Seconds since the server started.",
+        &[("", s.started.elapsed().as_secs())],
+    );
+    metric(
+        &mut out,
+        "channels",
+        "gauge",
+        "Channels that exist (channel_count).",
+        &[("", ctx.channels.count() as u64)],
+    );
+    for (name, value) in s.counters().into_iter().chain(s.extra_counters()) {
+        match name.strip_prefix("current_") {
+            Some(_) => metric(
+                &mut out,
+                name,
+                "gauge",
+                &format!("SHOWSTATS {name}."),
+                &[("", value)],
+            ),
+            None => metric(
+                &mut out,
+                &format!("{name}_total"),
+                "counter",
+                &format!("SHOWSTATS {name}."),
+                &[("", value)],
+            ),
+        }
+    }
+    metric(
+        &mut out,
+        "connections",
+        "gauge",
+        "Open connections by kind.",
+        &[
+            ("{kind=\"subscriber\"}", s.current_subscribers),
+            ("{kind=\"controller\"}", s.current_controllers),
+        ],
+    );
+    metric(
+        &mut out,
+        "events_cached",
+        "gauge",
+        "Messages held in channel caches.",
+        &[("", ctx.channels.cached_events())],
+    );
+    metric(
+        &mut out,
+        "bytes_cached",
+        "gauge",
+        "Bytes held by channel caches and their rendered buffers.",
+        &[("", ctx.channels.cached_bytes())],
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_lines_are_told_from_commands() {
+        assert!(is_request_line(b"POST /pub/x HTTP/1.1\r"));
+        assert!(is_request_line(b"GET /metrics HTTP/1.0"));
+        assert!(!is_request_line(b"ADDMESSAGE a HTTP/1.1"));
+        assert!(!is_request_line(b"GET /x HTTP/2"));
+        assert!(!is_request_line(b"SHOWSTATS"));
+    }
+
+    #[test]
+    fn heads_parse() {
+        let r = parse_request(
+            b"POST /pub/a HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\n",
+            8,
+        );
+        assert_eq!(r.as_ref().map(|r| r.content_length), Ok(Some(3)));
+        assert_eq!(r.map(|r| r.close), Ok(true));
+        assert_eq!(
+            parse_request(b"POST /pub/a HTTP/1.1\r\nContent-Length: x\r\n\r\n", 8),
+            Err(HttpError::BadRequest)
+        );
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.0\r\n\r\n", 8).map(|r| r.close),
+            Ok(true)
+        );
+    }
+}
