@@ -231,9 +231,9 @@ fn stats(ctx: &Context) -> String {
     for (name, value) in s.counters().into_iter().chain(s.extra_counters()) {
         let _ = write!(out, ",\"{name}\":{value}");
     }
-    let _ = write!(
+    let _ = writeln!(
         out,
-        ",\"events_cached\":{},\"bytes_cached\":{}}}\n",
+        ",\"events_cached\":{},\"bytes_cached\":{}}}",
         ctx.channels.cached_events(),
         ctx.channels.cached_bytes()
     );
