@@ -86,6 +86,18 @@ const KEYS: &[Key] = &[
         help: "File served for a directory of the document root",
     },
     Key {
+        name: "DrainTimeout",
+        default: "120",
+        scope: Scope::Global,
+        help: "Seconds a shutdown waits for unsent data before exiting with status 1",
+    },
+    Key {
+        name: "Foreground",
+        default: "0",
+        scope: Scope::Global,
+        help: "1: never detach, even when logging to syslog (for systemd and other supervisors)",
+    },
+    Key {
         name: "HeaderTemplate",
         default: DEFAULT_HEADER,
         scope: Scope::Mode,
@@ -176,6 +188,12 @@ const KEYS: &[Key] = &[
         help: "Template for each message (~id~, ~channel~, ~text~, ~timestamp~)",
     },
     Key {
+        name: "PidFile",
+        default: "",
+        scope: Scope::Global,
+        help: "Pid file written at start and removed at exit (empty: /var/run/meteord.pid when detaching, none otherwise)",
+    },
+    Key {
         name: "Persist",
         default: "0",
         scope: Scope::Mode,
@@ -222,6 +240,12 @@ const KEYS: &[Key] = &[
         default: "<script>eof();</script>\\r\\n",
         scope: Scope::Mode,
         help: "Sent to a persistent subscriber the server closes on its own initiative",
+    },
+    Key {
+        name: "SyslogSocket",
+        default: "/dev/log",
+        scope: Scope::Global,
+        help: "Local datagram socket of the syslog daemon",
     },
     Key {
         name: "SyslogFacility",
@@ -584,7 +608,12 @@ pub struct Config {
     pub controller_addr: SocketAddr,
     pub udp_addr: Option<SocketAddr>,
     pub debug: bool,
-    pub syslog_facility: String,
+    /// The syslog facility number; None for `none` (log to standard error).
+    pub syslog_facility: Option<u8>,
+    pub syslog_socket: PathBuf,
+    pub foreground: bool,
+    pub pid_file: Option<PathBuf>,
+    pub drain_timeout: u64,
     pub log_time_format: TimeFormat,
     pub document_root: Option<PathBuf>,
     pub directory_index: String,
@@ -708,6 +737,15 @@ impl Config {
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let udp_port = r.port("UDPPort")?;
         let root = r.string("SubscriberDocumentRoot", None)?;
+        let facility_name = r.string("SyslogFacility", None)?;
+        let syslog_facility = match facility_name.trim() {
+            "none" => None,
+            name => Some(crate::log::facility(name).ok_or_else(|| {
+                error(format!(
+                    "SyslogFacility: '{name}' is not a syslog facility (daemon, user, local0-local7, ... or none)"
+                ))
+            })?),
+        };
         let log_time_format = match r.string("LogTimeFormat", None)?.trim() {
             "human" => TimeFormat::Human,
             "unix" => TimeFormat::Unix,
@@ -753,7 +791,13 @@ impl Config {
                 })
                 .transpose()?,
             debug: r.flag("Debug", None)?,
-            syslog_facility: r.string("SyslogFacility", None)?,
+            syslog_facility,
+            syslog_socket: PathBuf::from(r.string("SyslogSocket", None)?),
+            foreground: r.flag("Foreground", None)?,
+            pid_file: Some(r.string("PidFile", None)?)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            drain_timeout: r.number("DrainTimeout", None)?,
             log_time_format,
             document_root: (!root.is_empty() && root != "/").then(|| PathBuf::from(root)),
             directory_index: r.string("DirectoryIndex", None)?,

@@ -10,6 +10,7 @@ pub mod controller;
 pub mod docs;
 pub mod http;
 pub mod log;
+pub mod process;
 pub mod server;
 pub mod stats;
 pub mod subscriber;

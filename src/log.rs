@@ -1,9 +1,11 @@
-//! Logging to standard error: free-text lines, debug lines, and the
-//! tab-separated records (`joinchannel`, `leavechannel`, `document`) that
-//! operators parse.
+//! Logging to syslog (RFC 3164 lines over the local datagram socket) or to
+//! standard error: free-text lines, debug lines, and the tab-separated
+//! records (`joinchannel`, `leavechannel`, `document`) operators parse.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How the time at the start of each log line is written (`LogTimeFormat`).
@@ -15,9 +17,17 @@ pub enum TimeFormat {
     Unix,
 }
 
+/// Where log lines go.
+enum Sink {
+    Stderr,
+    /// A datagram socket connected to syslog, and the facility number.
+    Syslog(UnixDatagram, u8),
+}
+
 thread_local! {
     static DEBUG: Cell<bool> = const { Cell::new(false) };
     static FORMAT: Cell<TimeFormat> = const { Cell::new(TimeFormat::Human) };
+    static SINK: RefCell<Sink> = const { RefCell::new(Sink::Stderr) };
 }
 
 /// Applies the logging settings of a (re)loaded configuration.
@@ -26,23 +36,91 @@ pub fn configure(debug: bool, format: TimeFormat) {
     FORMAT.with(|f| f.set(format));
 }
 
+/// The syslog facility number for a `SyslogFacility` name; None for an
+/// unknown name.
+pub fn facility(name: &str) -> Option<u8> {
+    const NAMES: [&str; 24] = [
+        "kern",
+        "user",
+        "mail",
+        "daemon",
+        "auth",
+        "syslog",
+        "lpr",
+        "news",
+        "uucp",
+        "cron",
+        "authpriv",
+        "ftp",
+        "ntp",
+        "security",
+        "console",
+        "solaris-cron",
+        "local0",
+        "local1",
+        "local2",
+        "local3",
+        "local4",
+        "local5",
+        "local6",
+        "local7",
+    ];
+    NAMES.iter().position(|n| *n == name).map(|i| i as u8)
+}
+
+/// Sends log lines to the syslog socket at `path` from now on.
+pub fn to_syslog(path: &Path, facility: u8) -> std::io::Result<()> {
+    let socket = UnixDatagram::unbound()?;
+    socket.connect(path)?;
+    // A slow or stuck syslog daemon must not stall the loop: drop lines then.
+    socket.set_nonblocking(true)?;
+    SINK.with(|s| *s.borrow_mut() = Sink::Syslog(socket, facility));
+    Ok(())
+}
+
+/// Sends log lines to standard error from now on.
+pub fn to_stderr() {
+    SINK.with(|s| *s.borrow_mut() = Sink::Stderr);
+}
+
 /// Whether debug lines are written; callers skip building them otherwise.
 pub fn debug_enabled() -> bool {
     DEBUG.with(Cell::get)
 }
 
-/// Writes one line, prefixed by the time, to standard error.
-pub fn line(args: std::fmt::Arguments) {
+/// Writes one line: to syslog with the given severity (6 info, 7 debug),
+/// or to standard error prefixed by the time.
+pub fn line(severity: u8, args: std::fmt::Arguments) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let stamp = match FORMAT.with(Cell::get) {
-        TimeFormat::Unix => now.to_string(),
-        TimeFormat::Human => human_time(now),
-    };
-    // A full or closed stderr must not take the server down: drop the line.
-    let _ = writeln!(std::io::stderr().lock(), "{stamp} {args}");
+    SINK.with(|sink| match &*sink.borrow() {
+        Sink::Syslog(socket, facility) => {
+            // RFC 3164: <PRI>Mmm dd hh:mm:ss TAG[pid]: message
+            let stamp = human_time(now);
+            let month = [
+                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+            ][stamp[5..7].parse::<usize>().unwrap_or(1).clamp(1, 12) - 1];
+            let day: u32 = stamp[8..10].parse().unwrap_or(1);
+            let message = format!(
+                "<{}>{month} {day:>2} {} meteord[{}]: {args}",
+                u32::from(*facility) * 8 + u32::from(severity),
+                &stamp[11..],
+                std::process::id()
+            );
+            // A full socket or a missing daemon must not stop the server.
+            let _ = socket.send(message.as_bytes());
+        }
+        Sink::Stderr => {
+            let stamp = match FORMAT.with(Cell::get) {
+                TimeFormat::Unix => now.to_string(),
+                TimeFormat::Human => human_time(now),
+            };
+            // A full or closed stderr must not take the server down either.
+            let _ = writeln!(std::io::stderr().lock(), "{stamp} {args}");
+        }
+    });
 }
 
 /// Formats unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC) without a time crate.
@@ -70,7 +148,7 @@ fn human_time(secs: u64) -> String {
 /// Logs a line: `info!("...", args)`.
 #[macro_export]
 macro_rules! info {
-    ($($arg:tt)*) => { $crate::log::line(format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::log::line(6, format_args!($($arg)*)) };
 }
 
 /// Logs a line only when `Debug` is set; the arguments are not evaluated otherwise.
@@ -78,14 +156,21 @@ macro_rules! info {
 macro_rules! debug {
     ($($arg:tt)*) => {
         if $crate::log::debug_enabled() {
-            $crate::log::line(format_args!($($arg)*))
+            $crate::log::line(7, format_args!($($arg)*))
         }
     };
 }
 
 #[cfg(test)]
 mod tests {
-    use super::human_time;
+    use super::*;
+
+    #[test]
+    fn facilities_by_name() {
+        assert_eq!(facility("daemon"), Some(3));
+        assert_eq!(facility("local7"), Some(23));
+        assert_eq!(facility("nope"), None);
+    }
 
     #[test]
     fn human_time_is_utc_calendar_time() {

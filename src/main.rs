@@ -2,33 +2,8 @@
 //! line protocol; browsers receive them live over plain HTTP.
 
 use meteord::config::{self, Action};
-use meteord::{info, log, server};
-
-/// Raises the open-file soft limit to the hard limit; returns the limit in force.
-fn raise_fd_limit() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    usize::try_from(limit.rlim_cur)
-        .unwrap_or(usize::MAX)
-        .min(1 << 24)
-}
+use meteord::{info, log, process, server};
+use std::path::Path;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -58,13 +33,22 @@ fn main() {
         }
     };
     log::configure(config.debug, config.log_time_format);
-    if !config.debug && config.syslog_facility != "none" {
-        info!(
-            "SyslogFacility {}: syslog and detaching are not implemented yet; staying in the foreground, logging here",
-            config.syslog_facility
+    let syslog = config.syslog_facility.filter(|_| !config.debug);
+    if let Some(facility) = syslog
+        && let Err(e) = log::to_syslog(&config.syslog_socket, facility)
+    {
+        eprintln!(
+            "meteord: cannot log to syslog at {}: {e}; logging to standard error",
+            config.syslog_socket.display()
         );
     }
-    let fd_limit = raise_fd_limit();
+    let detach = syslog.is_some() && !config.foreground;
+    let pid_path = match (&config.pid_file, detach) {
+        (Some(path), _) => Some(path.clone()),
+        (None, true) => Some(Path::new("/var/run/meteord.pid").to_owned()),
+        (None, false) => None,
+    };
+    let fd_limit = process::raise_fd_limit();
     let mut server = match server::Server::new(config, command_line, fd_limit) {
         Ok(server) => server,
         Err(e) => {
@@ -72,5 +56,24 @@ fn main() {
             std::process::exit(1);
         }
     };
-    std::process::exit(server.run());
+    if detach && let Err(e) = process::detach() {
+        eprintln!("meteord: cannot detach: {e}");
+        std::process::exit(1);
+    }
+    let pid_file = match pid_path
+        .as_deref()
+        .map(process::PidFile::create)
+        .transpose()
+    {
+        Ok(pid_file) => pid_file,
+        Err(e) => {
+            info!("{e}");
+            eprintln!("meteord: {e}");
+            std::process::exit(1);
+        }
+    };
+    process::notify("READY=1");
+    let status = server.run();
+    drop(pid_file);
+    std::process::exit(status);
 }

@@ -29,8 +29,6 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const ACCEPTS_PER_TURN: usize = 256;
 /// Descriptors kept free for listeners, files and the signal pipe.
 const RESERVED_FDS: usize = 32;
-/// How long a shutdown waits for unsent data before giving up.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The signals the loop reacts to, each raising its own flag.
 struct Signals {
@@ -682,6 +680,7 @@ impl Server {
     /// SIGTERM/SIGINT: stop accepting, say goodbye to everyone, drain.
     fn shut_down(&mut self) {
         info!("shutting down: closing listeners and connections");
+        crate::process::notify("STOPPING=1");
         for token in std::mem::take(&mut self.listeners) {
             self.close(token, Reason::Shutdown);
         }
@@ -694,6 +693,6 @@ impl Server {
         self.kicks
             .extend(tokens.into_iter().map(|t| (t, Reason::Shutdown)));
         self.run_kicks();
-        self.draining_until = Some(Instant::now() + DRAIN_TIMEOUT);
+        self.draining_until = Some(Instant::now() + Duration::from_secs(self.config.drain_timeout));
     }
 }

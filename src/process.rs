@@ -1,0 +1,107 @@
+//! The process around the loop: the open-file limit, detaching into the
+//! background, the pid file, and systemd's readiness notifications.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Raises the open-file soft limit to the hard limit; returns the limit in force.
+pub fn raise_fd_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    usize::try_from(limit.rlim_cur)
+        .unwrap_or(usize::MAX)
+        .min(1 << 24)
+}
+
+/// Detaches into the background: forks (the parent exits 0), starts a new
+/// session and points the standard streams at /dev/null. Only call this
+/// before any thread exists.
+pub fn detach() -> io::Result<()> {
+    // SAFETY: the process is single-threaded here; the child continues
+    // with a copy of everything, the parent only exits.
+    match unsafe { libc::fork() } {
+        -1 => return Err(io::Error::last_os_error()),
+        0 => {}
+        _ => unsafe { libc::_exit(0) },
+    }
+    // SAFETY: plain system calls on our own process and descriptors.
+    unsafe {
+        if libc::setsid() == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A pid file that is removed when dropped.
+pub struct PidFile(PathBuf);
+
+impl PidFile {
+    pub fn create(path: &Path) -> io::Result<PidFile> {
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot write pid file {}: {e}", path.display()),
+            )
+        })?;
+        Ok(PidFile(path.to_owned()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Tells systemd (or any supervisor that sets `NOTIFY_SOCKET`) about a state
+/// change, such as `READY=1` or `STOPPING=1`. Without the variable it does
+/// nothing.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let result = (|| -> io::Result<()> {
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let socket = UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                SocketAddr::from_abstract_name(name)?
+            }
+            None => SocketAddr::from_pathname(Path::new(&path))?,
+        };
+        socket.send_to_addr(state.as_bytes(), &addr)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        crate::info!("cannot notify {}: {e}", path.to_string_lossy());
+    }
+}
