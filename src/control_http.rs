@@ -4,7 +4,7 @@
 //! taken for HTTP when its first line is an HTTP request line.
 
 use crate::controller::{Context, same_secret};
-use crate::http::{HttpError, cors_lines};
+use crate::http::{self, HttpError, cors_lines};
 use crate::template::Escape;
 use std::fmt::Write as _;
 
@@ -37,38 +37,25 @@ pub fn is_request_line(line: &[u8]) -> bool {
 
 /// Parses a complete request head.
 pub fn parse_request(head: &[u8], max_headers: usize) -> Result<ControlRequest, HttpError> {
-    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
-        _ => return Err(HttpError::BadRequest),
-    }
-    let header = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
-    };
-    let content_length = match header("Content-Length") {
+    let head = http::parse(head, max_headers)?;
+    let content_length = match head.header("Content-Length") {
         Some(v) => Some(v.parse().map_err(|_| HttpError::BadRequest)?),
         None => None,
     };
-    if header("Transfer-Encoding").is_some() {
+    if head.header("Transfer-Encoding").is_some() {
         return Err(HttpError::BadRequest);
     }
-    let version = request.version.unwrap_or(1);
-    let connection = header("Connection")
+    let connection = head
+        .header("Connection")
         .unwrap_or_default()
         .to_ascii_lowercase();
     Ok(ControlRequest {
-        method: request.method.unwrap_or_default().to_owned(),
-        path: request.path.unwrap_or_default().to_owned(),
-        origin: header("Origin"),
-        authorization: header("Authorization"),
+        origin: head.header("Origin").map(str::to_owned),
+        authorization: head.header("Authorization").map(str::to_owned),
         content_length,
-        close: connection == "close" || (version == 0 && connection != "keep-alive"),
+        close: connection == "close" || (head.version == 0 && connection != "keep-alive"),
+        method: head.method,
+        path: head.target,
     })
 }
 

@@ -52,8 +52,30 @@ pub fn head_end(buf: &[u8]) -> Option<usize> {
     })
 }
 
-/// Parses a complete head (as delimited by `head_end`).
-pub fn parse_head(head: &[u8], max_headers: usize) -> Result<RequestHead, HttpError> {
+/// A parsed request head, headers kept by name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    pub method: String,
+    pub target: String,
+    /// The minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    /// A header's value, trimmed; None when absent or empty.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// Parses a complete head (as delimited by `head_end`) with `httparse`,
+/// allowing at most `max_headers` header lines.
+pub fn parse(head: &[u8], max_headers: usize) -> Result<Head, HttpError> {
     let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
@@ -62,20 +84,30 @@ pub fn parse_head(head: &[u8], max_headers: usize) -> Result<RequestHead, HttpEr
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
         Err(_) => return Err(HttpError::BadRequest),
     }
-    let header = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
-            .filter(|v| !v.is_empty())
-    };
-    Ok(RequestHead {
-        user_agent: header("User-Agent").unwrap_or_else(|| "-".to_owned()),
-        origin: header("Origin"),
-        last_event_id: header("Last-Event-ID").and_then(|v| v.parse().ok()),
+    Ok(Head {
         method: request.method.unwrap_or_default().to_owned(),
         target: request.path.unwrap_or_default().to_owned(),
+        version: request.version.unwrap_or(1),
+        headers: request
+            .headers
+            .iter()
+            .map(|h| {
+                let value = String::from_utf8_lossy(h.value).trim().to_owned();
+                (h.name.to_owned(), value)
+            })
+            .collect(),
+    })
+}
+
+/// Parses a subscriber's complete head.
+pub fn parse_head(head: &[u8], max_headers: usize) -> Result<RequestHead, HttpError> {
+    let head = parse(head, max_headers)?;
+    Ok(RequestHead {
+        user_agent: head.header("User-Agent").unwrap_or("-").to_owned(),
+        origin: head.header("Origin").map(str::to_owned),
+        last_event_id: head.header("Last-Event-ID").and_then(|v| v.parse().ok()),
+        method: head.method,
+        target: head.target,
     })
 }
 

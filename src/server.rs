@@ -299,7 +299,7 @@ impl Server {
         self.pending.push(token);
     }
 
-    fn admit_subscriber(&mut self, mut socket: TcpStream, peer: SocketAddr) {
+    fn admit_subscriber(&mut self, socket: TcpStream, peer: SocketAddr) {
         self.stats.total_requests += 1;
         self.stats.subscriber_connections_accepted += 1;
         let now = Instant::now();
@@ -327,25 +327,39 @@ impl Server {
         if let Err(e) = socket.set_nodelay(true) {
             debug!("{peer}: cannot set TCP_NODELAY: {e}");
         }
-        let entry = self.conns.vacant_entry();
-        let token = entry.key();
-        if let Err(e) = self.poll.registry().register(
-            &mut socket,
-            Token(token),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            info!("{peer}: cannot register subscriber: {e}");
+        let head_timeout = self.config.limits.head_timeout;
+        let Some(token) = self.register(socket, peer, |socket| {
+            Conn::Subscriber(Subscriber::new(socket, peer, now, head_timeout))
+        }) else {
             return;
-        }
-        entry.insert(Conn::Subscriber(Subscriber::new(
-            socket,
-            peer,
-            now,
-            self.config.limits.head_timeout,
-        )));
+        };
         self.stats.current_subscribers += 1;
         debug!("{peer}: subscriber connected as {token}");
         self.reschedule(token);
+    }
+
+    /// Registers an accepted socket for reading and writing (edge-triggered,
+    /// so writable events only come after a write would block) and stores
+    /// the connection `make` builds around it.
+    fn register(
+        &mut self,
+        mut socket: TcpStream,
+        peer: SocketAddr,
+        make: impl FnOnce(TcpStream) -> Conn,
+    ) -> Option<usize> {
+        let entry = self.conns.vacant_entry();
+        let token = entry.key();
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut socket, Token(token), interest)
+        {
+            info!("{peer}: cannot register the connection: {e}");
+            return None;
+        }
+        entry.insert(make(socket));
+        Some(token)
     }
 
     fn admit_controller(&mut self, mut socket: TcpStream, peer: SocketAddr) {
@@ -361,18 +375,13 @@ impl Server {
             );
             return;
         }
-        let entry = self.conns.vacant_entry();
-        let token = entry.key();
-        if let Err(e) = self.poll.registry().register(
-            &mut socket,
-            Token(token),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            info!("{peer}: cannot register controller: {e}");
+        let locked = self.config.controller_password.is_some();
+        let registered = self.register(socket, peer, |socket| {
+            Conn::Controller(Controller::new(socket, peer, locked))
+        });
+        if registered.is_none() {
             return;
         }
-        let locked = self.config.controller_password.is_some();
-        entry.insert(Conn::Controller(Controller::new(socket, peer, locked)));
         self.stats.current_controllers += 1;
         info!("{peer}: controller connected");
     }
