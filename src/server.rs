@@ -375,6 +375,10 @@ impl Server {
             );
             return;
         }
+        // Replies are small and answer requests one by one: never delay them.
+        if let Err(e) = socket.set_nodelay(true) {
+            debug!("{peer}: cannot set TCP_NODELAY: {e}");
+        }
         let locked = self.config.controller_password.is_some();
         let registered = self.register(socket, peer, |socket| {
             Conn::Controller(Controller::new(socket, peer, locked))
