@@ -205,6 +205,19 @@ impl Channel {
         self.messages.back().map_or(0, |m| m.id)
     }
 
+    /// The newest id held, in the cache or a stream; 0 when none.
+    pub fn newest_id(&self) -> u64 {
+        let streams = self
+            .streams
+            .iter()
+            .filter_map(|s| s.marks.back())
+            .map(|m| m.id);
+        streams
+            .chain(self.messages.back().map(|m| m.id))
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn stream(&self, index: usize) -> &Stream {
         &self.streams[index]
     }
@@ -287,14 +300,40 @@ impl Channels {
         key
     }
 
-    /// Adds a message (creating the channel), renders it into each of the
-    /// channel's streams and queues the channel for the next flush.
+    /// Adds a message with the next id (creating the channel), renders it
+    /// into each of the channel's streams and queues the channel for the
+    /// next flush. Returns the id.
     pub fn publish(&mut self, name: &[u8], text: &[u8], now_ms: u64) -> u64 {
+        let id = self.last_id + 1;
+        self.insert(name, id, text, now_ms);
+        id
+    }
+
+    /// The newest id this server has seen, in any channel.
+    pub fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
+    /// Adds a message whose id was assigned elsewhere (by Redis, for a
+    /// cluster of nodes). Ids must grow per channel: an id not above the
+    /// channel's newest is ignored, so a replayed event is never doubled.
+    pub fn insert(&mut self, name: &[u8], id: u64, text: &[u8], added_ms: u64) {
         let key = self.get_or_create(name);
-        self.last_id += 1;
+        self.last_id = self.last_id.max(id);
+        let newest = self.slab[key]
+            .streams
+            .iter()
+            .filter_map(|s| s.marks.back())
+            .map(|m| m.id);
+        if newest
+            .chain(self.slab[key].messages.back().map(|m| m.id))
+            .any(|n| n >= id)
+        {
+            return self.remove_if_unused(key);
+        }
         let message = Message {
-            id: self.last_id,
-            added_ms: now_ms,
+            id,
+            added_ms,
             text: text.into(),
         };
         let channel = &mut self.slab[key];
@@ -312,7 +351,6 @@ impl Channels {
         }
         self.index_expiry(key);
         self.remove_if_unused(key);
-        self.last_id
     }
 
     /// Keeps `expiries` in step with the channel's oldest message.
@@ -498,6 +536,24 @@ impl Channels {
                 (texts + streams) as u64
             })
             .sum()
+    }
+
+    /// Every channel's name.
+    pub fn names(&self) -> Vec<Box<[u8]>> {
+        self.slab.iter().map(|(_, c)| c.name.clone()).collect()
+    }
+
+    /// Creates a channel that stays, even empty, until `release` or a
+    /// reader leaves: readers are about to attach (cluster loads).
+    pub fn hold(&mut self, name: &[u8]) {
+        self.get_or_create(name);
+    }
+
+    /// Drops a channel `hold` kept if nobody came to use it.
+    pub fn release(&mut self, name: &[u8]) {
+        if let Some(&key) = self.by_name.get(name) {
+            self.remove_if_unused(key);
+        }
     }
 
     /// Channels sorted by name, for `LISTCHANNELS`.

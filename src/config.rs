@@ -212,6 +212,12 @@ const KEYS: &[Key] = &[
         help: "Sent to persistent subscribers every PingInterval",
     },
     Key {
+        name: "RedisAddress",
+        default: "",
+        scope: Scope::Global,
+        help: "[password@]host:port[/db] of the Redis that several nodes share channels through (empty: standalone)",
+    },
+    Key {
         name: "SubscriberDocumentRoot",
         default: "/usr/local/meteor/public_html",
         scope: Scope::Global,
@@ -626,6 +632,8 @@ pub struct Config {
     /// `ControllerPassword`; None when empty.
     pub controller_password: Option<Vec<u8>>,
     pub limits: Limits,
+    /// `RedisAddress`, parsed; None when standalone.
+    pub redis: Option<crate::cluster::RedisSettings>,
     pub global_mode: Rc<Mode>,
     pub modes: HashMap<String, Rc<Mode>>,
     /// Warnings found while loading (e.g. PingInterval 1), logged by the caller.
@@ -811,6 +819,13 @@ impl Config {
             max_message_age: r.number("MaxMessageAge", None)?,
             controller_shutdown: r.text("ControllerShutdownMsg", None)?,
             controller_password,
+            redis: match r.string("RedisAddress", None)?.trim() {
+                "" => None,
+                value => Some(
+                    crate::cluster::RedisSettings::parse(value)
+                        .map_err(|e| error(format!("RedisAddress: {e}")))?,
+                ),
+            },
             limits: Limits {
                 head_bytes: r.size("MaxRequestHeadBytes")?.max(64),
                 header_lines: r.size("MaxHeaderLines")?.max(1),

@@ -1,6 +1,7 @@
 //! What every connection shares: the slab entry, why a connection closes,
 //! and socket results folded once into what the state machines act on.
 
+use crate::cluster::RedisConn;
 use crate::controller::Controller;
 use crate::subscriber::Subscriber;
 use mio::net::{TcpListener, UdpSocket, UnixStream};
@@ -26,6 +27,8 @@ pub enum Conn {
     Signals(UnixStream),
     Controller(Controller),
     Subscriber(Subscriber),
+    /// A link to Redis, when this node is one of several.
+    Redis(RedisConn),
 }
 
 /// Why a connection closed: logged, and part of `leavechannel` records.

@@ -105,8 +105,51 @@ fn json_string(out: &mut String, bytes: &[u8]) {
     out.push('"');
 }
 
+/// What a request gets: a response now, or (a publish sent to Redis) one
+/// once Redis answered, made by `published`.
+pub enum Answer {
+    Now(Vec<u8>),
+    Later { cors: String },
+}
+
+/// The response to a publish Redis answered (`id` None: it failed).
+pub fn published(id: Option<u64>, cors: &str, close: bool) -> Vec<u8> {
+    match id {
+        Some(id) => response(
+            "200 OK",
+            "application/json",
+            &format!("{{\"id\":{id}}}\n"),
+            cors,
+            close,
+        ),
+        None => unavailable(cors, close),
+    }
+}
+
+fn unavailable(cors: &str, close: bool) -> Vec<u8> {
+    let body = "503 Service Unavailable: backend unavailable\n";
+    response(
+        "503 Service Unavailable",
+        "text/plain; charset=utf-8",
+        body,
+        cors,
+        close,
+    )
+}
+
 /// Answers one request; `body` is its complete body.
-pub fn respond(request: &ControlRequest, body: &[u8], ctx: &mut Context) -> Vec<u8> {
+pub fn respond(request: &ControlRequest, body: &[u8], ctx: &mut Context) -> Answer {
+    Answer::Now(match respond_now(request, body, ctx) {
+        Ok(response) => response,
+        Err(later) => return later,
+    })
+}
+
+fn respond_now(
+    request: &ControlRequest,
+    body: &[u8],
+    ctx: &mut Context,
+) -> Result<Vec<u8>, Answer> {
     let cors = cors_lines(ctx.allowed_origins, request.origin.as_deref());
     let close = request.close;
     let text = "text/plain; charset=utf-8";
@@ -116,7 +159,7 @@ pub fn respond(request: &ControlRequest, body: &[u8], ctx: &mut Context) -> Vec<
             "{cors}Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n\
              Access-Control-Allow-Headers: Authorization, Content-Type\r\nAccess-Control-Max-Age: 600\r\n"
         );
-        return response("204 No Content", text, "", &extra, close);
+        return Ok(response("204 No Content", text, "", &extra, close));
     }
     if let Some(expected) = ctx.password {
         let given = request
@@ -126,18 +169,25 @@ pub fn respond(request: &ControlRequest, body: &[u8], ctx: &mut Context) -> Vec<
         if !given.is_some_and(|g| same_secret(g.as_bytes(), expected)) {
             ctx.stats.errors_served += 1;
             let extra = format!("{cors}WWW-Authenticate: Bearer\r\n");
-            return response(
+            return Ok(response(
                 "401 Unauthorized",
                 text,
                 "401 Unauthorized\n",
                 &extra,
                 close,
-            );
+            ));
         }
     }
     let path = request.path.split('?').next().unwrap_or_default();
     let (status, content_type, payload) = match (request.method.as_str(), path) {
-        ("POST", p) if p.starts_with("/pub/") => publish(&p[5..], body, ctx),
+        ("POST", p) if p.starts_with("/pub/") => match publish(&p[5..], body, ctx) {
+            Published::Now(reply) => reply,
+            Published::Later => return Err(Answer::Later { cors }),
+            Published::Unavailable => {
+                ctx.stats.errors_served += 1;
+                return Ok(unavailable(&cors, close));
+            }
+        },
         ("GET", "/channels") => ("200 OK", json, channels(ctx)),
         ("GET", "/stats") => ("200 OK", json, stats(ctx)),
         ("GET", "/metrics") => (
@@ -160,32 +210,50 @@ pub fn respond(request: &ControlRequest, body: &[u8], ctx: &mut Context) -> Vec<
     if !status.starts_with('2') {
         ctx.stats.errors_served += 1;
     }
-    response(status, content_type, &payload, &cors, close)
+    Ok(response(status, content_type, &payload, &cors, close))
 }
 
-fn publish(channel: &str, body: &[u8], ctx: &mut Context) -> (&'static str, &'static str, String) {
+/// How a publish went.
+enum Published {
+    /// Done here: (status, content type, body).
+    Now((&'static str, &'static str, String)),
+    /// Sent to Redis.
+    Later,
+    /// Redis is not reachable.
+    Unavailable,
+}
+
+fn publish(channel: &str, body: &[u8], ctx: &mut Context) -> Published {
     let text = "text/plain; charset=utf-8";
     let valid = !channel.is_empty()
         && !channel
             .bytes()
             .any(|b| b.is_ascii_whitespace() || b == b'/');
     if !valid {
-        return (
+        return Published::Now((
             "400 Bad Request",
             text,
             "400 Bad Request: no valid channel name in the path\n".into(),
-        );
+        ));
     }
     if channel.len() > ctx.max_channel_name {
-        return (
+        return Published::Now((
             "400 Bad Request",
             text,
             "400 Bad Request: channel name too long\n".into(),
-        );
+        ));
+    }
+    if let Some(cluster) = ctx.cluster.as_deref_mut() {
+        let max = ctx.channels.max_per_channel;
+        if !cluster.publish(Some(ctx.token), channel.as_bytes(), body, ctx.now_ms, max) {
+            return Published::Unavailable;
+        }
+        ctx.stats.unique_messages += 1;
+        return Published::Later;
     }
     let id = ctx.channels.publish(channel.as_bytes(), body, ctx.now_ms);
     ctx.stats.unique_messages += 1;
-    ("200 OK", "application/json", format!("{{\"id\":{id}}}\n"))
+    Published::Now(("200 OK", "application/json", format!("{{\"id\":{id}}}\n")))
 }
 
 fn channels(ctx: &Context) -> String {

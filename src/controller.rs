@@ -3,11 +3,14 @@
 //! state machine that reads lines, answers them and closes after flushing.
 
 use crate::channel::Channels;
+use crate::cluster::Cluster;
 use crate::conn::{Io, READS_PER_TURN, Reason, read_some, write_some};
+use crate::control_http::Answer;
 use crate::http::{self, HttpError};
 use crate::stats::Stats;
 use crate::{control_http, info};
 use mio::net::TcpStream;
+use std::collections::VecDeque;
 use std::io::Write;
 use std::net::SocketAddr;
 
@@ -39,6 +42,8 @@ pub enum Command<'a> {
     },
     ListChannels,
     ShowStats,
+    /// `SHOWSTATS CLUSTER`: every node's counts (several nodes).
+    ShowStatsCluster,
     Quit,
     /// `AUTH <password>`: unlocks a connection when `ControllerPassword` is set.
     Auth {
@@ -79,6 +84,10 @@ pub fn parse(line: &[u8]) -> Option<Command<'_>> {
         }
         b"LISTCHANNELS" if only_space(rest) => Some(Command::ListChannels),
         b"SHOWSTATS" if only_space(rest) => Some(Command::ShowStats),
+        b"SHOWSTATS" => {
+            let (word, after) = argument(rest)?;
+            (word == b"CLUSTER" && only_space(after)).then_some(Command::ShowStatsCluster)
+        }
         b"QUIT" if only_space(rest) => Some(Command::Quit),
         b"AUTH" => {
             let password = rest.strip_prefix(b" ")?;
@@ -114,6 +123,17 @@ pub struct Controller {
     /// Lines answered so far: the first one decides between the line
     /// protocol and HTTP.
     lines: u64,
+    /// Publishes sent to Redis and not yet answered, oldest first.
+    awaiting: VecDeque<Awaiting>,
+}
+
+/// A reply owed once Redis has answered a publish.
+#[derive(Debug)]
+enum Awaiting {
+    /// `OK\t<id>` on the line protocol.
+    Line,
+    /// An HTTP response, with its CORS lines and whether to close after.
+    Http { cors: String, close: bool },
 }
 
 /// What the loop should do after driving a controller.
@@ -137,6 +157,10 @@ pub struct Context<'a> {
     pub allowed_origins: &'a [String],
     pub head_bytes: usize,
     pub header_lines: usize,
+    /// The Redis side, when this node is one of several.
+    pub cluster: Option<&'a mut Cluster>,
+    /// This connection's token, for replies that come back later.
+    pub token: usize,
     pub now_ms: u64,
 }
 
@@ -151,6 +175,7 @@ impl Controller {
             out_pos: 0,
             phase: if locked { Phase::Locked } else { Phase::Open },
             lines: 0,
+            awaiting: VecDeque::new(),
         }
     }
 
@@ -228,51 +253,78 @@ impl Controller {
     }
 
     /// Splits input into lines and answers each complete one.
-    fn take_input(&mut self, mut data: &[u8], ctx: &mut Context) {
+    fn take_input(&mut self, data: &[u8], ctx: &mut Context) {
+        self.partial.extend_from_slice(data);
+        self.process(ctx);
+    }
+
+    /// Answers the complete requests waiting in `partial`, in order. While a
+    /// publish awaits Redis only further publishes go ahead, so replies keep
+    /// the order of the requests.
+    fn process(&mut self, ctx: &mut Context) {
         if self.phase == Phase::Http {
-            self.partial.extend_from_slice(data);
             return self.take_http(ctx);
         }
+        let mut input = std::mem::take(&mut self.partial);
+        let mut used = 0;
         while self.reading() {
-            let Some(nl) = memchr::memchr(b'\n', data) else {
+            let Some(nl) = memchr::memchr(b'\n', &input[used..]) else {
                 break;
             };
-            let http = self.lines == 0 && {
-                let mut first = self.partial.clone();
-                first.extend_from_slice(&data[..nl]);
-                control_http::is_request_line(&first)
-            };
-            if http {
+            let line = &input[used..used + nl];
+            if self.lines == 0 && control_http::is_request_line(line) {
                 self.phase = Phase::Http;
-                self.partial.extend_from_slice(data);
-                return self.take_http(ctx);
+                break;
+            }
+            if !self.awaiting.is_empty() && !line.starts_with(b"ADDMESSAGE") {
+                break;
             }
             self.lines += 1;
-            if self.partial.is_empty() {
-                self.answer(&data[..nl], ctx);
-            } else {
-                let mut line = std::mem::take(&mut self.partial);
-                line.extend_from_slice(&data[..nl]);
-                self.answer(&line, ctx);
-            }
-            data = &data[nl + 1..];
+            self.answer(line, ctx);
+            used += nl + 1;
         }
+        input.drain(..used);
         if !self.reading() {
             return;
         }
-        if self.partial.len() + data.len() > ctx.max_line {
-            self.partial = Vec::new();
+        if input.len() > ctx.max_line && memchr::memchr(b'\n', &input).is_none() {
             self.reply(ctx.stats, b"ERR Line too long\r\n");
             self.phase = Phase::Closing(Reason::LineTooLong);
-        } else {
-            self.partial.extend_from_slice(data);
+            return;
+        }
+        // An idle connection keeps no buffer.
+        self.partial = if input.is_empty() { Vec::new() } else { input };
+        if self.phase == Phase::Http {
+            self.take_http(ctx);
+        }
+    }
+
+    /// Answers the oldest publish waiting for Redis (`id` None: it failed),
+    /// then goes on with the requests queued behind it.
+    pub fn published(&mut self, id: Option<u64>, ctx: &mut Context) {
+        match (self.awaiting.pop_front(), id) {
+            (Some(Awaiting::Line), Some(id)) => {
+                let _ = write!(self.out, "OK\t{id}\r\n");
+            }
+            (Some(Awaiting::Line), None) => self.reply(ctx.stats, b"ERR Backend unavailable\r\n"),
+            (Some(Awaiting::Http { cors, close }), id) => {
+                if id.is_none() {
+                    ctx.stats.errors_served += 1;
+                }
+                self.out
+                    .extend_from_slice(&control_http::published(id, &cors, close));
+            }
+            (None, _) => return,
+        }
+        if self.awaiting.is_empty() {
+            self.process(ctx);
         }
     }
 
     /// Answers every complete HTTP request in `partial` (keep-alive and
     /// pipelining work); a request over the bounds is answered and closes.
     fn take_http(&mut self, ctx: &mut Context) {
-        while self.phase == Phase::Http {
+        while self.phase == Phase::Http && self.awaiting.is_empty() {
             let Some(head_len) = http::head_end(&self.partial) else {
                 if self.partial.len() > ctx.head_bytes {
                     self.fail_http(control_http::error_response(HttpError::HeadTooLarge), ctx);
@@ -300,8 +352,13 @@ impl Controller {
             }
             self.lines += 1;
             let body = &self.partial[head_len..head_len + body_len];
-            let response = control_http::respond(&request, body, ctx);
-            self.out.extend_from_slice(&response);
+            match control_http::respond(&request, body, ctx) {
+                Answer::Now(response) => self.out.extend_from_slice(&response),
+                Answer::Later { cors } => self.awaiting.push_back(Awaiting::Http {
+                    cors,
+                    close: request.close,
+                }),
+            }
             self.partial.drain(..head_len + body_len);
             if request.close {
                 self.phase = Phase::Closing(Reason::ResponseComplete);
@@ -356,11 +413,22 @@ impl Controller {
             {
                 self.reply(ctx.stats, b"ERR Channel name too long\r\n");
             }
-            Some(Command::AddMessage { channel, text }) => {
-                let id = ctx.channels.publish(channel, text, ctx.now_ms);
-                ctx.stats.unique_messages += 1;
-                let _ = write!(self.out, "OK\t{id}\r\n");
-            }
+            Some(Command::AddMessage { channel, text }) => match ctx.cluster.as_deref_mut() {
+                None => {
+                    let id = ctx.channels.publish(channel, text, ctx.now_ms);
+                    ctx.stats.unique_messages += 1;
+                    let _ = write!(self.out, "OK\t{id}\r\n");
+                }
+                Some(cluster) => {
+                    let max = ctx.channels.max_per_channel;
+                    if cluster.publish(Some(ctx.token), channel, text, ctx.now_ms, max) {
+                        ctx.stats.unique_messages += 1;
+                        self.awaiting.push_back(Awaiting::Line);
+                    } else {
+                        self.reply(ctx.stats, b"ERR Backend unavailable\r\n");
+                    }
+                }
+            },
             Some(Command::CountSubscribers { channel }) => {
                 let n = ctx.channels.by_name(channel).map_or(0, |c| c.persistent);
                 let _ = write!(self.out, "OK {n}\r\n");
@@ -388,6 +456,27 @@ impl Controller {
                 );
                 for (name, value) in stats.counters() {
                     let _ = write!(self.out, "{name}: {value}\r\n");
+                }
+                self.out.extend_from_slice(b"--EOT--\r\n");
+            }
+            Some(Command::ShowStatsCluster) => {
+                self.out.extend_from_slice(b"OK\r\n");
+                match ctx.cluster.as_deref() {
+                    Some(cluster) => {
+                        for (node, counts) in &cluster.view {
+                            let _ = write!(self.out, "node {node} {counts}\r\n");
+                        }
+                    }
+                    None => {
+                        let _ = write!(
+                            self.out,
+                            "node standalone current_subscribers={} current_controllers={} channel_count={} messages_served={}\r\n",
+                            ctx.stats.current_subscribers,
+                            ctx.stats.current_controllers,
+                            ctx.channels.count(),
+                            ctx.stats.messages_served
+                        );
+                    }
                 }
                 self.out.extend_from_slice(b"--EOT--\r\n");
             }
@@ -446,6 +535,7 @@ mod tests {
         assert_eq!(parse(b"SHOWSTATS"), Some(Command::ShowStats));
         assert_eq!(parse(b"SHOWSTATSx"), None);
         assert_eq!(parse(b"SHOWSTATS x"), None);
+        assert_eq!(parse(b"SHOWSTATS CLUSTER"), Some(Command::ShowStatsCluster));
         assert_eq!(parse(b"showstats"), None);
         assert_eq!(parse(b"QUIT"), Some(Command::Quit));
         assert_eq!(

@@ -43,11 +43,14 @@ pub struct RequestHead {
     pub last_event_id: Option<u64>,
 }
 
-/// Where the head ends: just past the first empty line (CRLF or bare LF).
+/// Where the head ends: just past the first empty line (CRLF or bare LF)
+/// after the request line. Empty lines before the request line are skipped,
+/// as RFC 9112 (2.2) asks of servers.
 pub fn head_end(buf: &[u8]) -> Option<usize> {
-    memchr::memchr_iter(b'\n', buf).find_map(|i| match &buf[i + 1..] {
-        [b'\n', ..] => Some(i + 2),
-        [b'\r', b'\n', ..] => Some(i + 3),
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    memchr::memchr_iter(b'\n', &buf[start..]).find_map(|i| match &buf[start + i + 1..] {
+        [b'\n', ..] => Some(start + i + 2),
+        [b'\r', b'\n', ..] => Some(start + i + 3),
         _ => None,
     })
 }
@@ -273,6 +276,8 @@ mod tests {
         assert_eq!(head_end(b"GET / HTTP/1.0\r\n\r\nrest"), Some(18));
         assert_eq!(head_end(b"GET / HTTP/1.0\nA: b\n\nrest"), Some(21));
         assert_eq!(head_end(b"GET / HTTP/1.0\r\nA: b\r\n"), None);
+        assert_eq!(head_end(b"\r\n\r\nGET / HTTP/1.0\n\n"), Some(20));
+        assert_eq!(head_end(b"\r\n\r\n"), None);
         let parsed = parse_head(b"GET /x?y HTTP/1.1\nUser-Agent: t\nLast-Event-ID: 7\n\n", 8);
         assert_eq!(parsed.as_ref().map(|h| h.user_agent.as_str()), Ok("t"));
         assert_eq!(parsed.map(|h| h.last_event_id), Ok(Some(7)));

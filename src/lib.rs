@@ -3,6 +3,7 @@
 //! `src/main.rs`.
 
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod control_http;
@@ -11,6 +12,7 @@ pub mod docs;
 pub mod http;
 pub mod log;
 pub mod process;
+pub mod resp;
 pub mod server;
 pub mod stats;
 pub mod subscriber;

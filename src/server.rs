@@ -4,6 +4,7 @@
 //! place where a connection closes.
 
 use crate::channel::Channels;
+use crate::cluster::{Cluster, Completion};
 use crate::config::{self, Config, RawSettings};
 use crate::conn::{Conn, Reason, SCRATCH_BYTES};
 use crate::controller::{self, Controller};
@@ -66,6 +67,45 @@ pub struct Server {
     scratch: Vec<u8>,
     /// Reused list of a channel's subscriber tokens during a flush.
     fanout: Vec<usize>,
+    /// The Redis side when `RedisAddress` is set; None when standalone.
+    cluster: Option<Cluster>,
+}
+
+/// The controller context, built from the server's fields (a macro so that
+/// the borrow of one connection and of the rest can coexist).
+macro_rules! controller_context {
+    ($server:ident, $token:expr) => {
+        controller::Context {
+            channels: &mut $server.channels,
+            stats: &mut $server.stats,
+            max_line: $server.config.limits.controller_line_bytes,
+            max_channel_name: $server.config.limits.channel_name_length,
+            password: $server.config.controller_password.as_deref(),
+            allowed_origins: &$server.config.allowed_origins,
+            head_bytes: $server.config.limits.head_bytes,
+            header_lines: $server.config.limits.header_lines,
+            now_ms: unix_ms(),
+            cluster: $server.cluster.as_mut(),
+            token: $token,
+        }
+    };
+}
+
+/// The subscriber context, likewise.
+macro_rules! subscriber_context {
+    ($server:ident, $token:expr, $now:expr) => {
+        subscriber::Context {
+            config: &$server.config,
+            channels: &mut $server.channels,
+            stats: &mut $server.stats,
+            docs: &mut $server.docs,
+            hosts: &mut $server.hosts,
+            kicks: &mut $server.kicks,
+            token: $token,
+            now: $now,
+            cluster: $server.cluster.as_mut(),
+        }
+    };
 }
 
 /// Milliseconds since the epoch, the clock of message timestamps.
@@ -151,6 +191,14 @@ impl Server {
         for warning in &config.warnings {
             info!("warning: {warning}");
         }
+        let cluster = config.redis.clone().map(|settings| {
+            let node = format!("{}-{}", config.subscriber_addr, std::process::id());
+            info!(
+                "sharing channels through redis {} as node {node}",
+                settings.addr
+            );
+            Cluster::new(settings, node, Instant::now())
+        });
         Ok(Server {
             poll,
             conns,
@@ -170,6 +218,7 @@ impl Server {
             signals,
             scratch: vec![0; SCRATCH_BYTES],
             fanout: Vec::new(),
+            cluster,
         })
     }
 
@@ -211,6 +260,7 @@ impl Server {
             }
             let now = Instant::now();
             self.fire_timers(now);
+            self.tick_cluster(now);
             self.channels.expire(unix_ms());
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
@@ -233,6 +283,7 @@ impl Server {
             .next_expiry_ms()
             .map(|ms| now + Duration::from_millis(ms.saturating_sub(unix_ms())));
         [
+            self.cluster.as_ref().and_then(Cluster::deadline),
             self.timers.first().map(|&(t, _)| t),
             expiry,
             self.accept_paused_until,
@@ -251,6 +302,7 @@ impl Server {
             Some(Conn::SubscriberListener(_) | Conn::ControllerListener(_)) => self.accept(token),
             Some(Conn::Signals(_)) => self.on_signals(token),
             Some(Conn::Udp(_)) => self.receive_datagrams(token),
+            Some(Conn::Redis(_)) => self.drive_redis(token),
             Some(Conn::Controller(_)) => self.drive_controller(token),
             Some(Conn::Subscriber(sub)) => {
                 if writable {
@@ -394,17 +446,7 @@ impl Server {
         let Some(Conn::Controller(c)) = self.conns.get_mut(token) else {
             return;
         };
-        let mut ctx = controller::Context {
-            channels: &mut self.channels,
-            stats: &mut self.stats,
-            max_line: self.config.limits.controller_line_bytes,
-            max_channel_name: self.config.limits.channel_name_length,
-            password: self.config.controller_password.as_deref(),
-            allowed_origins: &self.config.allowed_origins,
-            head_bytes: self.config.limits.head_bytes,
-            header_lines: self.config.limits.header_lines,
-            now_ms: unix_ms(),
-        };
+        let mut ctx = controller_context!(self, token);
         match c.drive(&mut ctx, &mut self.scratch) {
             controller::Step::Wait => {}
             controller::Step::Yield => self.pending.push(token),
@@ -430,16 +472,7 @@ impl Server {
             );
             match step {
                 Step::HeadComplete => {
-                    let mut ctx = subscriber::Context {
-                        config: &self.config,
-                        channels: &mut self.channels,
-                        stats: &mut self.stats,
-                        docs: &mut self.docs,
-                        hosts: &mut self.hosts,
-                        kicks: &mut self.kicks,
-                        token,
-                        now,
-                    };
+                    let mut ctx = subscriber_context!(self, token, now);
                     sub.start(&mut ctx);
                 }
                 Step::Refuse(error) => sub.fail(&self.config, error, &mut self.stats, now),
@@ -518,6 +551,92 @@ impl Server {
         }
         self.fanout = tokens;
         self.run_kicks();
+        self.send_redis();
+    }
+
+    /// Reconnects to Redis or refreshes the cluster view when due.
+    fn tick_cluster(&mut self, now: Instant) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let counts = format!(
+            "current_subscribers={} current_controllers={} channel_count={} messages_served={}",
+            self.stats.current_subscribers,
+            self.stats.current_controllers,
+            self.channels.count(),
+            self.stats.messages_served
+        );
+        cluster.tick(
+            now,
+            self.poll.registry(),
+            &mut self.conns,
+            &self.channels,
+            &counts,
+        );
+        self.send_redis();
+    }
+
+    /// Reads a Redis link's replies and acts on them; a failed link is
+    /// brought down (both links) and retried with backoff.
+    fn drive_redis(&mut self, token: usize) {
+        let (Some(cluster), Some(Conn::Redis(conn))) =
+            (self.cluster.as_mut(), self.conns.get_mut(token))
+        else {
+            return;
+        };
+        let mut done = Vec::new();
+        let max = self.channels.max_per_channel;
+        let result = cluster
+            .receive(conn, &mut self.scratch, &mut self.channels, max, &mut done)
+            .and_then(|()| cluster.send(conn));
+        if let Err(e) = result {
+            info!("redis link failed: {e}");
+            done.extend(cluster.down(Instant::now(), self.poll.registry(), &mut self.conns));
+        }
+        self.complete(done);
+    }
+
+    /// Writes what is queued for Redis (publishes, loads) on both links.
+    fn send_redis(&mut self) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        for token in cluster.tokens() {
+            if let Some(Conn::Redis(conn)) = self.conns.get_mut(token)
+                && let Err(e) = cluster.send(conn)
+            {
+                info!("redis link failed: {e}");
+                let done = cluster.down(Instant::now(), self.poll.registry(), &mut self.conns);
+                return self.complete(done);
+            }
+        }
+    }
+
+    /// Delivers what Redis answered: publish replies to their controllers,
+    /// loaded channels to the subscribers waiting for them.
+    fn complete(&mut self, done: Vec<Completion>) {
+        let now = Instant::now();
+        for completion in done {
+            match completion {
+                Completion::Published { token, id } => {
+                    if let Some(Conn::Controller(c)) = self.conns.get_mut(token) {
+                        let mut ctx = controller_context!(self, token);
+                        c.published(id, &mut ctx);
+                        self.drive_controller(token);
+                    }
+                }
+                Completion::Synced(waiters) => {
+                    for token in waiters {
+                        if let Some(Conn::Subscriber(sub)) = self.conns.get_mut(token) {
+                            let mut ctx = subscriber_context!(self, token, now);
+                            sub.loaded(&mut ctx);
+                            self.drive_subscriber(token, false);
+                        }
+                    }
+                }
+            }
+        }
+        self.run_kicks();
     }
 
     /// Closes connections the server decided to end (replaced hostid,
@@ -554,6 +673,9 @@ impl Server {
                 if let State::Streaming(s) = &sub.state {
                     s.leave(sub.peer, &mut self.channels, &mut self.hosts, token, reason);
                 }
+                for name in sub.waiting_for() {
+                    self.channels.release(name);
+                }
                 if let Some(at) = sub.timer {
                     self.timers.remove(&(at, token));
                 }
@@ -585,6 +707,9 @@ impl Server {
             }
             Conn::Udp(mut u) => {
                 let _ = registry.deregister(&mut u);
+            }
+            Conn::Redis(mut r) => {
+                let _ = registry.deregister(&mut r.socket);
             }
         }
     }
@@ -621,8 +746,21 @@ impl Server {
                 Some(controller::Command::AddMessage { channel, text })
                     if channel.len() <= self.config.limits.channel_name_length =>
                 {
-                    self.channels.publish(channel, text, unix_ms());
-                    self.stats.unique_messages += 1;
+                    let published = match self.cluster.as_mut() {
+                        None => {
+                            self.channels.publish(channel, text, unix_ms());
+                            true
+                        }
+                        Some(cluster) => {
+                            let max = self.channels.max_per_channel;
+                            cluster.publish(None, channel, text, unix_ms(), max)
+                        }
+                    };
+                    if published {
+                        self.stats.unique_messages += 1;
+                    } else {
+                        info!("{peer}: UDP publish dropped: the Redis link is down");
+                    }
                 }
                 _ => info!("{peer}: ignored a UDP datagram that is not a valid ADDMESSAGE"),
             }

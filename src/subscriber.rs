@@ -36,6 +36,8 @@ pub enum State {
     Streaming(Streaming),
     /// Sending one fixed response, then closing.
     Reply(Reply),
+    /// Waiting for its channels to be loaded from Redis (several nodes).
+    Waiting(Waiting),
 }
 
 /// A request head being received.
@@ -88,12 +90,20 @@ pub enum Step {
 }
 
 /// What a push request asks for, once routed.
-struct StreamRequest<'a> {
+pub struct StreamRequest {
     hostid: String,
     mode_name: String,
     mode: Rc<Mode>,
-    user_agent: &'a str,
-    cors: &'a str,
+    user_agent: String,
+    cors: String,
+    defs: Vec<http::ChannelDef>,
+}
+
+/// A push request waiting for channels to be loaded from Redis.
+pub struct Waiting {
+    request: StreamRequest,
+    /// Channels not loaded yet.
+    outstanding: usize,
 }
 
 /// What answering a request needs from the rest of the server.
@@ -108,6 +118,8 @@ pub struct Context<'a> {
     pub kicks: &'a mut Vec<(usize, Reason)>,
     pub token: usize,
     pub now: Instant,
+    /// The Redis side, when this node is one of several.
+    pub cluster: Option<&'a mut crate::cluster::Cluster>,
 }
 
 fn unix_now() -> u64 {
@@ -148,6 +160,7 @@ impl Subscriber {
     pub fn deadline(&self, write_timeout: u64) -> Option<Instant> {
         match &self.state {
             State::Head(h) => Some(h.deadline),
+            State::Waiting(_) => None,
             State::Reply(r) => Some(r.deadline),
             State::Streaming(s) => {
                 let stall = s
@@ -192,6 +205,10 @@ impl Subscriber {
     ) -> Step {
         match &mut self.state {
             State::Head(head) => read_head(&mut self.socket, head, scratch, head_limit, stats),
+            State::Waiting(_) => match discard_input(&mut self.socket, scratch, stats) {
+                Some(reason) if readable => Step::Close(reason),
+                _ => Step::Wait,
+            },
             State::Reply(reply) => write_reply(&mut self.socket, reply, stats),
             State::Streaming(s) => {
                 if readable && let Some(reason) = discard_input(&mut self.socket, scratch, stats) {
@@ -261,7 +278,7 @@ impl Subscriber {
         write_timeout: u64,
     ) -> bool {
         let s = match &self.state {
-            State::Head(_) => return false,
+            State::Head(_) | State::Waiting(_) => return false,
             // Already sending its last bytes: let them go.
             State::Reply(_) => return true,
             State::Streaming(s) => s,
@@ -329,10 +346,11 @@ impl Subscriber {
                     hostid,
                     mode_name: mode,
                     mode: mode_settings,
-                    user_agent: &request.user_agent,
-                    cors: &cors,
+                    user_agent: request.user_agent,
+                    cors,
+                    defs: channels,
                 };
-                self.stream(request, channels, ctx);
+                self.stream_when_loaded(request, ctx);
             }
             Route::Disconnect { hostid } => {
                 if let Some(&other) = ctx.hosts.get(hostid.as_str()) {
@@ -393,13 +411,62 @@ impl Subscriber {
         );
     }
 
-    fn stream(&mut self, request: StreamRequest, defs: Vec<http::ChannelDef>, ctx: &mut Context) {
+    /// Streams at once, or (several nodes) once every channel is loaded.
+    fn stream_when_loaded(&mut self, request: StreamRequest, ctx: &mut Context) {
+        let Some(cluster) = ctx.cluster.as_deref_mut() else {
+            return self.stream(request, ctx);
+        };
+        let max = ctx.channels.max_per_channel;
+        let outstanding = request
+            .defs
+            .iter()
+            .filter(|def| !cluster.ready_or_wait(&def.name, ctx.channels, ctx.token, max))
+            .count();
+        if outstanding == 0 {
+            return self.stream(request, ctx);
+        }
+        self.state = State::Waiting(Waiting {
+            request,
+            outstanding,
+        });
+    }
+
+    /// One of the channels a waiting request needs is loaded; streams once
+    /// all are.
+    pub fn loaded(&mut self, ctx: &mut Context) {
+        let State::Waiting(waiting) = &mut self.state else {
+            return;
+        };
+        waiting.outstanding = waiting.outstanding.saturating_sub(1);
+        if waiting.outstanding > 0 {
+            return;
+        }
+        let placeholder = State::Head(Head {
+            buf: Vec::new(),
+            deadline: ctx.now,
+        });
+        if let State::Waiting(waiting) = std::mem::replace(&mut self.state, placeholder) {
+            self.stream(waiting.request, ctx);
+        }
+    }
+
+    /// The channels a waiting request holds in place (see `Channels::hold`).
+    pub fn waiting_for(&self) -> impl Iterator<Item = &[u8]> {
+        let defs = match &self.state {
+            State::Waiting(w) => w.request.defs.as_slice(),
+            _ => &[],
+        };
+        defs.iter().map(|d| d.name.as_slice())
+    }
+
+    fn stream(&mut self, request: StreamRequest, ctx: &mut Context) {
         let StreamRequest {
             hostid,
             mode_name,
             mode,
             user_agent,
             cors,
+            defs,
         } = request;
         if mode.persist
             && let Some(old) = ctx.hosts.insert(hostid.as_str().into(), ctx.token)
@@ -422,7 +489,7 @@ impl Subscriber {
                 _ => Value::None,
             });
         }
-        let out = header(&mode.header, "200 OK", &info, cors);
+        let out = header(&mode.header, "200 OK", &info, &cors);
         let mut cursors = Vec::with_capacity(defs.len());
         for def in &defs {
             let start = match def.backlog {
