@@ -1,364 +1,345 @@
 /*
- * meteor.js: a small browser client for meteord (a Comet server).
+ * meteor.js: the browser client of meteord. No dependencies, no build step:
+ * load it with <script src="/meteor.js"></script> and use the global Meteor.
  *
- * It keeps the classic Meteor page API:
+ * It keeps the classic Meteor page API (host, port, scheme, hostid, mode,
+ * joinChannel, leaveChannel, registerEventCallback, connect, disconnect, the
+ * status numbers) and speaks the sse, fetchstream and jsonlongpoll modes of
+ * the bundled meteor.conf: EventSource where the browser has it, else fetch()
+ * reading a stream of JSON lines, else long-polling with the same JSON lines.
  *
- *   Meteor.hostid = "abc123";                       // optional, random by default
- *   Meteor.mode = "xhrinteractive";                 // or longpoll, smartpoll, simplepoll
- *   Meteor.joinChannel("demo", 5);                  // 5 = cached events to fetch first
- *   Meteor.registerEventCallback("process", (text, channel, id) => { ... });
- *   Meteor.connect();
- *
- * Events ("process", "reset", "eof", "statuschanged", "changemode") are
- * described at registerEventCallback below, status numbers at STATUS.
- *
- * Wire format (the bundled meteor.conf modes): the reply body is a series of
- * records, each ended by CRLF (or NUL in the flash mode):
- *
- *   ch("<channel>", <lastMsgID>);    channel info, sent first
- *   p(<id>,"<channel>","<text>");    an event; <text> is raw, as published
- *   p(-1,"");                        a ping (keep-alive)
- *   eof();                           the server closed us on purpose
- *
- * Records are matched with strict regular expressions, never evaluated. An
- * optional <script>...</script> wrapper (the default templates) is accepted.
- * Because <text> is raw, a text that itself contains `");` followed by a line
- * end cannot be told apart from the end of the record; it is cut there.
- *
- * Nothing is lost or delivered twice across reconnections: the client keeps
- * the last id seen per channel, asks for `<channel>.r<last+1>` when it
- * reconnects and drops any id it has already seen.
- *
- * The page must be served by meteord itself (same origin): the server does not
- * send CORS headers.
+ * Exactly once, in order: the client keeps one connection at a time, remembers
+ * the last id delivered per channel and resumes each channel with
+ * <name>.r<last + 1> whenever it reconnects (after an error, a dropped stream,
+ * the server's end-of-stream message, or between long-poll replies).
+ * README.md, section "In the browser", documents it for page authors.
  */
 (function (global) {
   'use strict';
 
-  /* Status numbers, kept compatible with the classic client. */
-  const STATUS = {
-    UNINITIALISED: 0, // not connected: initial state, after disconnect(), or no channel joined
-    LOADING: 1,       // a request is on its way, no response yet
-    LOADING_FRAME: 2, // classic "loading controller frame": unused here
-    FRAME_LOADED: 3,  // classic "controller frame loaded": unused here
-    WAITING: 4,       // waiting to (re)connect: back-off after an error, or between polls
-    CONNECTED: 5,     // the response is being read (streaming / reading a poll reply)
-    DISCONNECTED: 6,  // the server sent eof() (shutdown, kicked by the same hostid, or
-                      // /disconnect/<hostid>); no automatic reconnection, call connect()
+  const CHANNEL_NAME = /^[A-Za-z0-9_%-]+$/;
+  const TRANSPORTS = ['sse', 'fetchstream', 'jsonlongpoll']; // best first
+  // Classic mode names and the transport each now means ('' = the best one).
+  const CLASSIC_MODES = {
+    stream: '', iframe: '', serversent: 'sse', xhrinteractive: 'fetchstream',
+    longpoll: 'jsonlongpoll', smartpoll: 'jsonlongpoll', simplepoll: 'jsonlongpoll',
   };
+  const SUPPORTED = {
+    sse: () => typeof global.EventSource === 'function',
+    fetchstream: () => typeof global.fetch === 'function' && typeof global.ReadableStream === 'function',
+    jsonlongpoll: () => typeof global.fetch === 'function',
+  };
+  const FIRST_RETRY = 1000; // ms before the first reconnection attempt, doubled per failure
+  const LAST_RETRY = 30000; // ms, the longest wait between attempts
+  const HEALTHY = 5000;     // ms a connection must stay open (or deliver an event) to reset the back-off
+  const QUICK_REPLY = 1000; // ms: a long-poll reply this fast and without events counts as a failure
 
-  const MODES = ['xhrinteractive', 'longpoll', 'smartpoll', 'simplepoll'];
-  const EVENTS = ['process', 'reset', 'eof', 'statuschanged', 'changemode'];
-  const CHANNEL_RE = /^[A-Za-z0-9_%-]+$/;
-  const MAX_RECORD = 1 << 20; // give up on a record that grows past 1 MiB
+  const channels = new Map(); // name -> { backtrack, last }; last: id delivered last, null = position unknown
+  const callbacks = { process: [], reset: [], eof: [], statuschanged: [], changemode: [] };
+  let wanted = false;  // connect() called and disconnect() not called since
+  let current = null;  // the connection in flight
+  let timer = null;    // the pending (re)connection
+  let failures = 0;    // consecutive failed connections, for the back-off
 
-  /* ---- record parser ------------------------------------------------ */
+  const here = global.location && /^https?:$/.test(global.location.protocol) ? global.location : null;
 
-  // Every regex is sticky (/y): it must match exactly at `lastIndex`.
-  const O = '(?:<script>)?', C = '(?:</script>)?', T = '(?:\\r\\n|\\0)';
-  const RE_MSG = new RegExp(O + 'p\\((\\d+),"([A-Za-z0-9_%-]+)","([\\s\\S]*?)"\\);' + C + T, 'y');
-  const RE_MSG_START = new RegExp(O + 'p\\(\\d+,"[A-Za-z0-9_%-]+","', 'y');
-  const RE_PING = new RegExp(O + 'p\\(-1,""\\);' + C + T, 'y');
-  const RE_CH = new RegExp(O + 'ch\\("([A-Za-z0-9_%-]+)", ?(\\d+)\\);' + C + T, 'y');
-  const RE_EOF = new RegExp(O + 'eof\\(\\);' + C + T, 'y');
-  const RE_LINE_END = /\r\n|\0/g;
-
-  function matchAt(re, buf, pos) {
-    re.lastIndex = pos;
-    return re.exec(buf);
-  }
-
-  /*
-   * Returns feed(text): appends decoded text and calls onRecord(type, a, b, c)
-   * for each complete record: ("msg", id, channel, text), ("ping"),
-   * ("ch", channel, lastId) or ("eof"). Unknown lines (HTML from other
-   * templates, etc.) are skipped. onRecord may return false to stop parsing.
-   */
-  function createParser(onRecord) {
-    let buf = '';
-    return function feed(text) {
-      buf += text;
-      let pos = 0, m;
-      while (pos < buf.length) {
-        let rec;
-        if ((m = matchAt(RE_MSG, buf, pos))) rec = ['msg', Number(m[1]), m[2], m[3]];
-        else if ((m = matchAt(RE_PING, buf, pos))) rec = ['ping'];
-        else if ((m = matchAt(RE_CH, buf, pos))) rec = ['ch', m[1], Number(m[2])];
-        else if ((m = matchAt(RE_EOF, buf, pos))) rec = ['eof'];
-        if (rec) {
-          pos += m[0].length;
-          if (onRecord(...rec) === false) break;
-          continue;
-        }
-        // An event whose end has not arrived yet (its text may hold line ends).
-        if (matchAt(RE_MSG_START, buf, pos) && buf.length - pos < MAX_RECORD) break;
-        // Anything else: skip to the next line end, or wait for one.
-        RE_LINE_END.lastIndex = pos;
-        if (!RE_LINE_END.exec(buf)) {
-          if (buf.length - pos >= MAX_RECORD) pos = buf.length;
-          break;
-        }
-        pos = RE_LINE_END.lastIndex;
-      }
-      buf = buf.slice(pos);
-    };
-  }
-
-  /* ---- helpers ------------------------------------------------------- */
-
-  function randomId(len) {
-    const chars = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789';
-    const bytes = new Uint8Array(len);
-    if (global.crypto && global.crypto.getRandomValues) global.crypto.getRandomValues(bytes);
-    else for (let i = 0; i < len; i++) bytes[i] = Math.floor(Math.random() * 256);
-    return Array.from(bytes, (b) => chars[b % chars.length]).join('');
-  }
-
-  const loc = global.location && /^https?:$/.test(global.location.protocol) ? global.location : null;
-
-  /* ---- client state ------------------------------------------------- */
-
-  const channels = new Map(); // name -> { backtrack, last }  (last: null = not synced yet)
-  const callbacks = {};       // event -> [fn]
-  EVENTS.forEach((e) => { callbacks[e] = []; });
-
-  let wanted = false;    // connect() called and not undone
-  let gen = 0;           // bumped on every (re)start; stale requests check it and quit
-  let abort = null;      // AbortController of the current request
-  let timer = null;      // pending (re)connect timer
-  let watchdog = null;   // fires when a pinging stream goes silent
-  let backoff = 0;       // current error back-off, ms
-  let lastMode = null;   // mode of the previous request, for "changemode"
-
-  function fire(evt, ...args) {
-    for (const fn of callbacks[evt]) {
-      try { fn(...args); } catch (e) { console.error('Meteor ' + evt + ' callback:', e); }
-    }
-  }
-
-  function setStatus(s) {
-    if (Meteor.status === s) return;
-    Meteor.status = s;
-    fire('statuschanged', s);
+  function randomId() {
+    const alphabet = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789';
+    const bytes = global.crypto.getRandomValues(new Uint8Array(16));
+    return Array.from(bytes, (b) => alphabet[b % alphabet.length]).join('');
   }
 
   function log(...args) {
-    if (Meteor.debug) console.debug('Meteor:', ...args);
+    if (Meteor.debugmode) console.log('Meteor:', ...args);
   }
 
-  // Stop whatever is running: timers and the request in flight.
-  function stop() {
-    gen++;
-    clearTimeout(timer);
-    clearTimeout(watchdog);
-    timer = watchdog = null;
-    if (abort) abort.abort();
-    abort = null;
+  function fire(event, ...args) {
+    for (const fn of callbacks[event]) {
+      try {
+        fn(...args);
+      } catch (e) {
+        console.error('Meteor ' + event + ' callback failed:', e);
+      }
+    }
   }
 
-  // (Re)start the connection after `delay` ms, if connected and there is a channel.
-  function restart(delay) {
-    stop();
-    if (!wanted) return;
-    if (channels.size === 0) { setStatus(STATUS.UNINITIALISED); return; }
-    const myGen = gen;
-    if (delay > 0) setStatus(STATUS.WAITING);
-    timer = setTimeout(() => { timer = null; request(myGen); }, delay);
+  function setStatus(status) {
+    if (Meteor.status === status) return;
+    Meteor.status = status;
+    fire('statuschanged', status);
   }
 
-  function nextBackoff() {
-    backoff = Math.min(Meteor.maxBackoff, backoff ? backoff * 2 : 1000);
-    return Math.round(backoff * (0.75 + Math.random() * 0.5)); // +/- 25% jitter
+  /* The transport to use for Meteor.mode: the one asked for (classic names
+     translated), or the next one this browser supports. */
+  function pickMode(asked) {
+    const mode = asked in CLASSIC_MODES ? CLASSIC_MODES[asked] : asked;
+    if (mode !== '' && !TRANSPORTS.includes(mode)) throw new Error('Meteor: unknown mode ' + asked);
+    const first = mode === '' ? 0 : TRANSPORTS.indexOf(mode);
+    const usable = TRANSPORTS.slice(first).find((t) => SUPPORTED[t]());
+    if (!usable) throw new Error('Meteor: this browser has neither EventSource nor fetch');
+    return usable;
   }
 
-  function baseUrl() {
-    const port = Meteor.port ? ':' + Meteor.port : '';
-    return Meteor.scheme + '://' + Meteor.host + port;
-  }
-
-  // "<name>" / "<name>.b<n>" / "<name>.r<id>" for each joined channel.
-  function channelDefs() {
+  function subscribeUrl(mode) {
     const defs = [];
-    for (const [name, c] of channels) {
-      if (c.last !== null) defs.push(name + '.r' + (c.last + 1));
-      else if (c.backtrack > 0) defs.push(name + '.b' + c.backtrack);
+    for (const [name, ch] of channels) {
+      if (ch.last !== null) defs.push(name + '.r' + (ch.last + 1));
+      else if (ch.backtrack > 0) defs.push(name + '.b' + ch.backtrack);
+      else if (ch.backtrack < 0) defs.push(name + '.h');
       else defs.push(name);
     }
-    return defs.join('/');
+    const port = Meteor.port ? ':' + Meteor.port : '';
+    return Meteor.scheme + '://' + Meteor.host + port + Meteor.path + '/' + Meteor.hostid +
+      '/' + mode + '/' + defs.join('/') + '?nc=' + Date.now();
   }
 
-  /* ---- one request -------------------------------------------------- */
+  /* ---- transports: open(url, conn) starts a request and returns close().
+     They report to conn: opened(), record(object) with the object shapes of
+     the JSON modes, end(reason). */
 
-  async function request(myGen) {
-    const mode = Meteor.mode;
-    if (lastMode !== null && lastMode !== mode) fire('changemode', mode);
-    lastMode = mode;
-    const streaming = mode === 'xhrinteractive';
-    const polling = mode !== 'xhrinteractive' && mode !== 'longpoll';
-
-    const url = baseUrl() + Meteor.path + '/' + Meteor.hostid + '/' + mode + '/' +
-      channelDefs() + '?nc=' + Date.now();
-    const ac = new AbortController();
-    abort = ac;
-    const started = Date.now();
-    let records = 0, opened = false, sawPing = false, sawEof = false, resync = false, failed = null;
-
-    // A stream that has pinged us once is expected to keep doing so.
-    const kick = () => {
-      clearTimeout(watchdog);
-      if (sawPing && Meteor.pingTimeout > 0) {
-        watchdog = setTimeout(() => { log('no ping, reconnecting'); ac.abort(); }, Meteor.pingTimeout);
+  function openEventSource(url, conn) {
+    const source = new EventSource(url);
+    source.onopen = () => conn.opened();
+    // Every event carries its id; the end-of-stream event has none, so it
+    // repeats the previous one. That tells it from an event on a channel "eof".
+    let lastId = '';
+    const onEvent = (e) => {
+      if (!(e instanceof MessageEvent)) return; // the browser's own open/error on a channel of that name
+      if (e.lastEventId === lastId) {
+        if (e.type === 'eof') conn.record({ eof: true });
+        return;
       }
+      lastId = e.lastEventId;
+      conn.record({ id: Number(lastId), channel: e.type, text: e.data });
+    };
+    for (const type of new Set([...channels.keys(), 'eof'])) source.addEventListener(type, onEvent);
+    // No automatic reconnection: the client resumes itself, channel by channel.
+    // CLOSED here means the server's answer was not a 200 event stream.
+    source.onerror = () => conn.end(source.readyState === EventSource.CLOSED ? 'refused' : 'lost');
+    return () => source.close();
+  }
+
+  function openFetch(url, conn, streaming) {
+    const abort = new AbortController();
+    let silence = null;
+    // A connection that says nothing for pingtimeout ms is presumed dead.
+    const awake = () => {
+      clearTimeout(silence);
+      if (Meteor.pingtimeout > 0) silence = setTimeout(() => abort.abort(), Meteor.pingtimeout);
+    };
+    let pending = '';
+    const feed = (text) => {
+      const lines = (pending + text).split('\n');
+      pending = lines.pop();
+      for (const line of lines) if (line.trim() !== '') conn.record(JSON.parse(line));
+    };
+    (async () => {
+      awake();
+      const res = await fetch(url, { cache: 'no-store', signal: abort.signal });
+      if (!res.ok) throw new Error('HTTP ' + res.status);
+      if (!res.body) {
+        if (streaming) return 'refused'; // this browser cannot read a body as it grows
+        conn.opened();
+        feed(await res.text() + '\n');
+        return 'done';
+      }
+      conn.opened();
+      const reader = res.body.getReader();
+      const decoder = new TextDecoder();
+      for (;;) {
+        awake();
+        const { done, value } = await reader.read();
+        if (done) break;
+        feed(decoder.decode(value, { stream: true }));
+      }
+      feed(decoder.decode() + '\n');
+      return 'done';
+    })().then(conn.end, conn.end).finally(() => clearTimeout(silence));
+    return () => {
+      clearTimeout(silence);
+      abort.abort();
+    };
+  }
+
+  const OPEN = {
+    sse: openEventSource,
+    fetchstream: (url, conn) => openFetch(url, conn, true),
+    jsonlongpoll: (url, conn) => openFetch(url, conn, false),
+  };
+
+  /* ---- the connection cycle ---- */
+
+  function deliver(id, name, text) {
+    const ch = channels.get(name);
+    if (!ch) return; // left since the request was made
+    // On one connection a channel's ids only grow and start above ch.last;
+    // a lower one means the server restarted and counts from 1 again.
+    if (ch.last !== null && id <= ch.last) log('ids went back: the server restarted');
+    ch.last = id;
+    fire('process', text, name, id);
+  }
+
+  /* Channel info (JSON modes): where the channel stood when we subscribed.
+     Returns true when the request must be made again from the start. */
+  function channelInfo(name, lastId) {
+    const ch = channels.get(name);
+    if (!ch) return false;
+    if (ch.last === null) {
+      // No backlog coming (or an empty channel): we are now at its newest id.
+      if (ch.backtrack === 0 || lastId === 0) ch.last = lastId;
+      return false;
+    }
+    if (lastId >= ch.last) return false;
+    // The server restarted or lost its cache: every event it holds is new.
+    ch.last = 0;
+    return lastId > 0;
+  }
+
+  function backoff() {
+    const delay = Math.min(LAST_RETRY, FIRST_RETRY * 2 ** Math.max(0, failures - 1));
+    return Math.round(delay * (0.5 + Math.random() / 2));
+  }
+
+  function schedule(delay) {
+    if (delay > 0) setStatus(3);
+    timer = setTimeout(connectNow, delay);
+  }
+
+  function stop() {
+    clearTimeout(timer);
+    timer = null;
+    if (current) current.cancel();
+  }
+
+  function connectNow() {
+    timer = null;
+    if (!wanted) return;
+    if (channels.size === 0) return setStatus(0); // until a channel is joined
+    const mode = Meteor.mode;
+    let openedAt = 0, delivered = 0, done = false, close = null;
+
+    const finish = (reason) => {
+      if (done) return;
+      done = true;
+      current = null;
+      close();
+      if (reason instanceof Error) log('connection failed:', reason.message);
+      if (reason === 'eof') {
+        setStatus(6);
+        fire('eof'); // may call disconnect() to stay away
+      }
+      if (!wanted) return;
+      const lived = openedAt ? Date.now() - openedAt : 0;
+      if (openedAt && (delivered > 0 || lived >= HEALTHY)) failures = 0;
+      if (reason === 'resync') return schedule(0);
+      if (reason === 'done' && mode === 'jsonlongpoll' && (delivered > 0 || lived >= QUICK_REPLY)) {
+        return schedule(0); // the normal end of a long-poll reply
+      }
+      if (reason === 'refused') fallBack(mode);
+      if (reason !== 'eof') fire('reset');
+      failures++;
+      schedule(backoff());
     };
 
-    const feed = createParser((type, a, b, c) => {
-      if (myGen !== gen) return false;
-      records++;
-      if (type === 'msg') {
-        const ch = channels.get(b);
-        if (!ch || (ch.last !== null && a <= ch.last)) return; // left, or already seen
-        ch.last = a;
-        fire('process', c, b, a);
-      } else if (type === 'ch') {
-        const ch = channels.get(a);
-        if (!ch) return;
-        if (ch.last === null) {
-          // Plain join: start after the newest id. With a backlog on its way
-          // (.b<n> on a non-empty channel) the events themselves set it.
-          if (!(ch.backtrack > 0 && b > 0)) ch.last = b;
-        } else if (b < ch.last) {
-          // Ids went backwards: the server restarted or the cache was emptied.
-          // Start the channel over; if it holds events we have not seen,
-          // ask again for all of them.
-          ch.last = 0;
-          if (b > 0) { resync = true; return false; }
+    const conn = {
+      opened() {
+        if (done) return;
+        openedAt = Date.now();
+        if (Meteor.status !== 5) setStatus(4);
+      },
+      record(rec) {
+        if (done) return;
+        if (rec.eof) return finish('eof');
+        if (typeof rec.id === 'number') {
+          delivered++;
+          setStatus(5);
+          deliver(rec.id, rec.channel, rec.text);
+        } else if (typeof rec.lastMsgID === 'number') {
+          if (channelInfo(rec.channel, rec.lastMsgID)) finish('resync');
+        } else if (rec.ping) {
+          setStatus(5);
         }
-      } else if (type === 'ping') {
-        sawPing = true;
-      } else if (type === 'eof') {
-        sawEof = true;
-        return false;
-      }
-    });
+      },
+      end: finish,
+      cancel() {
+        done = true;
+        current = null;
+        close();
+      },
+    };
 
-    setStatus(STATUS.LOADING);
+    if (Meteor.status !== 4 && Meteor.status !== 5) setStatus(1);
+    const url = subscribeUrl(mode);
     log('GET', url);
-    try {
-      const res = await fetch(url, { cache: 'no-store', signal: ac.signal });
-      if (myGen !== gen) return;
-      if (!res.ok) throw new Error('HTTP ' + res.status);
-      opened = true;
-      setStatus(STATUS.CONNECTED);
-      if (res.body && res.body.getReader) {
-        const reader = res.body.getReader();
-        const decoder = new TextDecoder('utf-8');
-        for (;;) {
-          kick();
-          const { done, value } = await reader.read();
-          if (myGen !== gen) return;
-          if (done) break;
-          feed(decoder.decode(value, { stream: true }));
-          if (sawEof || resync || myGen !== gen) { reader.cancel().catch(() => {}); break; }
-        }
-      } else {
-        // No streaming body in this browser: streaming cannot work, poll instead.
-        if (streaming) { Meteor.mode = 'longpoll'; }
-        feed(await res.text());
-      }
-    } catch (e) {
-      if (myGen !== gen) return;
-      failed = e;
-    }
-    clearTimeout(watchdog);
-    if (myGen !== gen) return;
-    abort = null;
-
-    if (sawEof) {
-      // The server closed us on purpose: do not fight it (another page with the
-      // same hostid would be kicked back and forth).
-      log('eof');
-      wanted = false;
-      stop();
-      setStatus(STATUS.DISCONNECTED);
-      fire('eof');
-      return;
-    }
-    if (resync) { log('server ids went backwards, resyncing'); restart(0); return; }
-    if (failed) log('request failed:', failed.message || failed);
-
-    const healthy = !failed && (records > 0 || Date.now() - started >= 1000);
-    if (healthy) backoff = 0;
-    let delay;
-    if (polling) delay = failed ? Math.max(Meteor.pollfreq, nextBackoff()) : Meteor.pollfreq;
-    else delay = healthy ? 0 : nextBackoff();
-    if (streaming && opened) fire('reset'); // the stream we had is gone
-    restart(delay);
+    current = conn;
+    close = OPEN[mode](url, conn);
   }
 
-  /* ---- public API --------------------------------------------------- */
+  /* The server or the browser cannot do this transport: use the next one. */
+  function fallBack(mode) {
+    const next = TRANSPORTS.slice(TRANSPORTS.indexOf(mode) + 1).find((t) => SUPPORTED[t]());
+    if (!next || Meteor.mode !== mode) return;
+    log('falling back from', mode, 'to', next);
+    Meteor.mode = next;
+    failures = 0;
+    fire('changemode', next);
+  }
+
+  /* Apply a change of channels to a live connection (once per script turn). */
+  function resubscribe() {
+    if (!wanted) return;
+    stop();
+    schedule(0);
+  }
 
   const Meteor = {
-    host: loc ? loc.hostname : '127.0.0.1',
-    port: loc ? loc.port : 4670,     // '' = the scheme's default port
-    scheme: loc ? loc.protocol.slice(0, -1) : 'http',
-    path: '/push',                   // SubscriberDynamicPageAddress
-    hostid: randomId(12),            // [0-9a-zA-Z]+; one persistent connection per hostid
-    mode: 'xhrinteractive',
-    pollfreq: 2000,                  // ms between requests in the poll modes
-    maxBackoff: 30000,               // ms, longest wait after repeated errors
-    pingTimeout: 30000,              // ms of silence after which a pinging stream is
-                                     // considered dead and reopened (0 = never)
-    debug: false,                    // log to the console
-    status: STATUS.UNINITIALISED,
-    STATUS,
-    MODES,
+    host: here ? here.hostname : '127.0.0.1',
+    port: here ? here.port : '4670',   // '' = the scheme's default port
+    scheme: here ? here.protocol.slice(0, -1) : 'http',
+    path: '/push',                     // the server's SubscriberDynamicPageAddress
+    hostid: randomId(),                // one per page: a second connection with it would replace the first
+    mode: 'stream',                    // 'stream' = the best transport, or 'sse', 'fetchstream', 'jsonlongpoll'
+    pingtimeout: 30000,                // ms of silence after which a fetch connection is reopened (0 = never)
+    debugmode: false,                  // log to the console
+    status: 0,
 
-    /* Subscribe to a channel; backtrack = cached events to fetch first (.b<n>). */
+    /* backtrack: n > 0 = the last n cached events first, 0 = only new ones,
+       negative or omitted = every cached event (as the classic client). */
     joinChannel(name, backtrack) {
-      if (!CHANNEL_RE.test(name)) throw new Error('invalid channel name: ' + name);
-      if (channels.has(name)) return;
-      channels.set(name, { backtrack: Math.max(0, Math.floor(Number(backtrack) || 0)), last: null });
-      if (wanted) restart(0);
+      if (!CHANNEL_NAME.test(name)) throw new Error('Meteor: invalid channel name ' + name);
+      if (channels.has(name)) throw new Error('Meteor: already joined ' + name);
+      const n = Number(backtrack);
+      channels.set(name, { backtrack: n >= 0 ? Math.floor(n) : -1, last: null });
+      resubscribe();
     },
 
     leaveChannel(name) {
-      if (channels.delete(name) && wanted) restart(0);
+      if (!channels.delete(name)) throw new Error('Meteor: not joined ' + name);
+      resubscribe();
     },
 
-    /*
-     * "process"       fn(text, channel, id)  an event (each id once, in order per channel)
-     * "reset"         fn()                   the stream ended without eof(); reconnecting
-     * "eof"           fn()                   the server closed us on purpose (see status 6)
-     * "statuschanged" fn(status)             see STATUS above
-     * "changemode"    fn(mode)               the next request uses another mode
-     */
-    registerEventCallback(evt, fn) {
-      if (!callbacks[evt]) throw new Error('unknown event: ' + evt);
-      if (typeof fn === 'function') callbacks[evt].push(fn);
-    },
-
-    /* Switch mode; takes effect at once when connected. */
-    setMode(mode) {
-      if (!MODES.includes(mode)) throw new Error('unknown mode: ' + mode);
-      Meteor.mode = mode;
-      if (wanted) restart(0);
+    /* "process" fn(text, channel, id), "reset" fn(), "eof" fn(),
+       "statuschanged" fn(status), "changemode" fn(mode). */
+    registerEventCallback(event, fn) {
+      if (!callbacks[event]) throw new Error('Meteor: unknown event ' + event);
+      callbacks[event].push(fn);
     },
 
     connect() {
+      Meteor.mode = pickMode(Meteor.mode);
+      if (!Meteor.hostid) Meteor.hostid = randomId();
       wanted = true;
-      backoff = 0;
-      restart(0);
+      failures = 0;
+      stop();
+      connectNow();
     },
 
     disconnect() {
       wanted = false;
       stop();
-      setStatus(STATUS.UNINITIALISED);
+      if (Meteor.status !== 6) setStatus(0);
     },
-
-    _createParser: createParser, // exposed for tests
   };
 
   global.Meteor = Meteor;
-  if (typeof module === 'object' && module.exports) module.exports = Meteor;
 })(globalThis);
