@@ -113,6 +113,10 @@
       conn.record({ id: Number(lastId), channel: e.type, text: e.data });
     };
     for (const type of new Set([...channels.keys(), 'eof'])) source.addEventListener(type, onEvent);
+    // Where each channel stood when we subscribed (no id: a name no channel can have).
+    source.addEventListener('meteor.channel', (e) => {
+      try { conn.record(JSON.parse(e.data)); } catch (err) { log('bad channel info', err); }
+    });
     // No automatic reconnection: the client resumes itself, channel by channel.
     // CLOSED here means the server's answer was not a 200 event stream.
     source.onerror = () => conn.end(source.readyState === EventSource.CLOSED ? 'refused' : 'lost');
