@@ -126,6 +126,17 @@ impl Server {
     pub fn new(config: Config, command_line: RawSettings, fd_limit: usize) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut conns = Slab::new();
+        // UDP first: once the TCP ports are announced, everything listens.
+        if let Some(addr) = config.udp_addr {
+            let mut socket = UdpSocket::bind(addr).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen for UDP on {addr}: {e}"))
+            })?;
+            let entry = conns.vacant_entry();
+            poll.registry()
+                .register(&mut socket, Token(entry.key()), Interest::READABLE)?;
+            info!("listening for UDP on {}", socket.local_addr()?);
+            entry.insert(Conn::Udp(socket));
+        }
         let mut listeners = Vec::new();
         for (addr, what) in [
             (config.subscriber_addr, "subscribers"),
@@ -142,16 +153,6 @@ impl Server {
             } else {
                 Conn::ControllerListener(listener)
             });
-        }
-        if let Some(addr) = config.udp_addr {
-            let mut socket = UdpSocket::bind(addr).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen for UDP on {addr}: {e}"))
-            })?;
-            let entry = conns.vacant_entry();
-            poll.registry()
-                .register(&mut socket, Token(entry.key()), Interest::READABLE)?;
-            info!("listening for UDP on {}", socket.local_addr()?);
-            entry.insert(Conn::Udp(socket));
         }
         let (reader, writer) = std::os::unix::net::UnixStream::pair()?;
         reader.set_nonblocking(true)?;

@@ -12,10 +12,19 @@ fn free_udp_port() -> u16 {
     s.local_addr().unwrap().port()
 }
 
+/// The UDP socket may be bound after the TCP listeners are announced: wait
+/// for a log line naming its port (the spec requires none, so go on after
+/// the wait either way).
+fn start_with_udp(port: u16) -> Server {
+    let s = Server::start_test(&["-UDPPort", &port.to_string()]);
+    let _ = s.wait_log(WAIT, |l| l.contains(&format!("127.0.0.1:{port}")));
+    s
+}
+
 #[test]
 fn udp_addmessage() {
     let port = free_udp_port();
-    let s = Server::start_test(&["-UDPPort", &port.to_string()]);
+    let s = start_with_udp(port);
     let mut ctl = s.ctl();
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(300)))
@@ -44,7 +53,7 @@ fn udp_addmessage() {
 fn udp_listens_on_loopback_only_by_default() {
     // Part B6: a datagram to another loopback address is not received.
     let port = free_udp_port();
-    let s = Server::start_test(&["-UDPPort", &port.to_string()]);
+    let s = start_with_udp(port);
     let mut ctl = s.ctl();
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.send_to(b"ADDMESSAGE u elsewhere\n", format!("127.0.0.2:{port}"))
