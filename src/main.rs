@@ -56,10 +56,13 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if detach && let Err(e) = process::detach() {
-        eprintln!("meteord: cannot detach: {e}");
-        std::process::exit(1);
-    }
+    let detached = match detach.then(process::detach).transpose() {
+        Ok(detached) => detached,
+        Err(e) => {
+            eprintln!("meteord: cannot detach: {e}");
+            std::process::exit(1);
+        }
+    };
     let pid_file = match pid_path
         .as_deref()
         .map(process::PidFile::create)
@@ -72,6 +75,9 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some(detached) = detached {
+        detached.ready();
+    }
     process::notify("READY=1");
     let status = server.run();
     drop(pid_file);

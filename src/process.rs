@@ -30,19 +30,33 @@ pub fn raise_fd_limit() -> usize {
         .min(1 << 24)
 }
 
-/// Detaches into the background: forks (the parent exits 0), starts a new
-/// session and points the standard streams at /dev/null. Only call this
-/// before any thread exists.
-pub fn detach() -> io::Result<()> {
+/// Detaches into the background: forks, starts a new session and points
+/// the standard streams at /dev/null. The parent waits until the child calls
+/// `Detached::ready` (after writing its pid file), then exits 0, so that a
+/// supervisor that reads the pid file when the parent is gone finds it.
+/// Only call this before any thread exists.
+pub fn detach() -> io::Result<Detached> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills the two-element array we pass.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let [read_end, write_end] = fds;
     // SAFETY: the process is single-threaded here; the child continues
-    // with a copy of everything, the parent only exits.
+    // with a copy of everything, the parent only waits and exits.
     match unsafe { libc::fork() } {
         -1 => return Err(io::Error::last_os_error()),
         0 => {}
-        _ => unsafe { libc::_exit(0) },
+        _ => unsafe {
+            libc::close(write_end);
+            let mut byte = 0u8;
+            let ok = libc::read(read_end, (&mut byte as *mut u8).cast(), 1) == 1;
+            libc::_exit(if ok { 0 } else { 1 })
+        },
     }
     // SAFETY: plain system calls on our own process and descriptors.
     unsafe {
+        libc::close(read_end);
         if libc::setsid() == -1 {
             return Err(io::Error::last_os_error());
         }
@@ -56,7 +70,21 @@ pub fn detach() -> io::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(Detached(write_end))
+}
+
+/// The detached child's way to let its parent exit.
+pub struct Detached(libc::c_int);
+
+impl Detached {
+    /// Tells the waiting parent that start-up is complete.
+    pub fn ready(self) {
+        // SAFETY: writes one byte to, then closes, the pipe end we own.
+        unsafe {
+            libc::write(self.0, [1u8].as_ptr().cast(), 1);
+            libc::close(self.0);
+        }
+    }
 }
 
 /// A pid file that is removed when dropped.

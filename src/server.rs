@@ -39,6 +39,38 @@ struct Signals {
     term: Arc<AtomicBool>,
 }
 
+impl Signals {
+    /// Routes SIGHUP, SIGUSR1, SIGUSR2, SIGTERM and SIGINT into the loop:
+    /// each raises its flag and writes to a self-pipe the loop polls.
+    fn register(poll: &Poll, conns: &mut Slab<Conn>) -> io::Result<Signals> {
+        let (reader, writer) = std::os::unix::net::UnixStream::pair()?;
+        reader.set_nonblocking(true)?;
+        writer.set_nonblocking(true)?;
+        let flag = |signals: &[i32]| -> io::Result<Arc<AtomicBool>> {
+            let raised = Arc::new(AtomicBool::new(false));
+            for &signal in signals {
+                signal_hook::flag::register(signal, Arc::clone(&raised))?;
+                signal_hook::low_level::pipe::register(signal, writer.try_clone()?)?;
+            }
+            Ok(raised)
+        };
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+        let signals = Signals {
+            hup: flag(&[SIGHUP])?,
+            usr1: flag(&[SIGUSR1])?,
+            usr2: flag(&[SIGUSR2])?,
+            term: flag(&[SIGTERM, SIGINT])?,
+        };
+        // SAFETY: the descriptor comes straight from a std UnixStream we own.
+        let mut reader = unsafe { UnixStream::from_raw_fd(reader.into_raw_fd()) };
+        let entry = conns.vacant_entry();
+        poll.registry()
+            .register(&mut reader, Token(entry.key()), Interest::READABLE)?;
+        entry.insert(Conn::Signals(reader));
+        Ok(signals)
+    }
+}
+
 /// The whole server state. Fields are separate so that a connection and
 /// the channels can be borrowed at once.
 pub struct Server {
@@ -126,6 +158,9 @@ impl Server {
     pub fn new(config: Config, command_line: RawSettings, fd_limit: usize) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut conns = Slab::new();
+        // Signals first: from the moment the ports are announced, a signal
+        // must reach the loop instead of its default action.
+        let signals = Signals::register(&poll, &mut conns)?;
         // UDP first: once the TCP ports are announced, everything listens.
         if let Some(addr) = config.udp_addr {
             let mut socket = UdpSocket::bind(addr).map_err(|e| {
@@ -154,30 +189,6 @@ impl Server {
                 Conn::ControllerListener(listener)
             });
         }
-        let (reader, writer) = std::os::unix::net::UnixStream::pair()?;
-        reader.set_nonblocking(true)?;
-        writer.set_nonblocking(true)?;
-        let flag = |signal: i32| -> io::Result<Arc<AtomicBool>> {
-            let raised = Arc::new(AtomicBool::new(false));
-            signal_hook::flag::register(signal, Arc::clone(&raised))?;
-            signal_hook::low_level::pipe::register(signal, writer.try_clone()?)?;
-            Ok(raised)
-        };
-        let term = flag(signal_hook::consts::SIGTERM)?;
-        signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&term))?;
-        signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, writer.try_clone()?)?;
-        let signals = Signals {
-            hup: flag(signal_hook::consts::SIGHUP)?,
-            usr1: flag(signal_hook::consts::SIGUSR1)?,
-            usr2: flag(signal_hook::consts::SIGUSR2)?,
-            term,
-        };
-        // SAFETY: the descriptor comes straight from a std UnixStream we own.
-        let mut reader = unsafe { UnixStream::from_raw_fd(reader.into_raw_fd()) };
-        let entry = conns.vacant_entry();
-        poll.registry()
-            .register(&mut reader, Token(entry.key()), Interest::READABLE)?;
-        entry.insert(Conn::Signals(reader));
 
         let max_subscribers = match config.limits.subscribers {
             0 => fd_limit
@@ -799,20 +810,29 @@ impl Server {
                 return;
             }
         };
-        for (what, old, new) in [
+        let old = &self.config;
+        let restart_only = [
             (
-                "subscriber address",
-                self.config.subscriber_addr,
-                config.subscriber_addr,
+                "SubscriberIP/SubscriberPort",
+                old.subscriber_addr != config.subscriber_addr,
             ),
             (
-                "controller address",
-                self.config.controller_addr,
-                config.controller_addr,
+                "ControllerIP/ControllerPort",
+                old.controller_addr != config.controller_addr,
             ),
-        ] {
-            if old != new {
-                info!("SIGHUP: {what} change to {new} ignored until restart");
+            ("UDPIP/UDPPort", old.udp_addr != config.udp_addr),
+            (
+                "SyslogFacility",
+                old.syslog_facility != config.syslog_facility,
+            ),
+            ("SyslogSocket", old.syslog_socket != config.syslog_socket),
+            ("PidFile", old.pid_file != config.pid_file),
+            ("Foreground", old.foreground != config.foreground),
+            ("RedisAddress", old.redis != config.redis),
+        ];
+        for (what, changed) in restart_only {
+            if changed {
+                info!("SIGHUP: the change of {what} is ignored until a restart");
             }
         }
         log::configure(config.debug, config.log_time_format);
