@@ -12,6 +12,10 @@ use std::io::{self, Read, Write};
 pub const WRITE_BUDGET: usize = 64 * 1024;
 /// Reads a connection may do in one loop turn before it yields.
 pub const READS_PER_TURN: usize = 16;
+/// Commands (or datagrams, or announced events) one connection may run per
+/// loop turn: well under `channel::STREAM_FLOOR_EVENTS`, so a subscriber that
+/// reads as fast as it can is always written to before it could fall behind.
+pub const COMMANDS_PER_TURN: usize = 32;
 /// Size of the loop-wide read buffer every connection reads into.
 pub const SCRATCH_BYTES: usize = 64 * 1024;
 

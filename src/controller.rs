@@ -125,6 +125,8 @@ pub struct Controller {
     lines: u64,
     /// Publishes sent to Redis and not yet answered, oldest first.
     awaiting: VecDeque<Awaiting>,
+    /// The peer closed its sending side: answer what is buffered, then close.
+    peer_done: bool,
 }
 
 /// A reply owed once Redis has answered a publish.
@@ -161,6 +163,9 @@ pub struct Context<'a> {
     pub cluster: Option<&'a mut Cluster>,
     /// This connection's token, for replies that come back later.
     pub token: usize,
+    /// Commands this connection may still run this turn, so that subscribers
+    /// get a write between bursts and are not outrun by one publisher.
+    pub commands_left: usize,
     pub now_ms: u64,
 }
 
@@ -176,6 +181,7 @@ impl Controller {
             phase: if locked { Phase::Locked } else { Phase::Open },
             lines: 0,
             awaiting: VecDeque::new(),
+            peer_done: false,
         }
     }
 
@@ -233,10 +239,34 @@ impl Controller {
             if self.backlog() > OUT_HIGH_WATER {
                 return Step::Wait;
             }
+            // Answer what is buffered before reading more.
+            self.process(ctx);
+            if !self.reading() {
+                continue;
+            }
+            if ctx.commands_left == 0 {
+                // Let the loop write these events to subscribers first.
+                return match self.flush(ctx.stats) {
+                    Err(reason) => Step::Close(reason),
+                    Ok(()) => Step::Yield,
+                };
+            }
+            if self.peer_done {
+                if self.awaiting.is_empty() {
+                    // A half-closed publisher (nc -N) got all its replies.
+                    self.phase = Phase::Closing(Reason::RemoteClosed);
+                    continue;
+                }
+                return Step::Wait;
+            }
+            if self.partial.len() > ctx.max_line {
+                // Waiting for Redis to answer before taking more input.
+                return Step::Wait;
+            }
             match read_some(&mut self.socket, scratch) {
                 Io::Progress(n) => {
                     ctx.stats.total_inbound_bytes += n as u64;
-                    self.take_input(&scratch[..n], ctx);
+                    self.partial.extend_from_slice(&scratch[..n]);
                 }
                 Io::WouldBlock => {
                     return match self.flush(ctx.stats) {
@@ -244,18 +274,11 @@ impl Controller {
                         Ok(()) => Step::Wait,
                     };
                 }
-                // A half-closed publisher (nc -N) still gets its replies.
-                Io::Closed => self.phase = Phase::Closing(Reason::RemoteClosed),
+                Io::Closed => self.peer_done = true,
                 Io::Failed(e) => return Step::Close(Reason::Error(e.kind())),
             }
         }
         Step::Yield
-    }
-
-    /// Splits input into lines and answers each complete one.
-    fn take_input(&mut self, data: &[u8], ctx: &mut Context) {
-        self.partial.extend_from_slice(data);
-        self.process(ctx);
     }
 
     /// Answers the complete requests waiting in `partial`, in order. While a
@@ -267,7 +290,7 @@ impl Controller {
         }
         let mut input = std::mem::take(&mut self.partial);
         let mut used = 0;
-        while self.reading() {
+        while self.reading() && ctx.commands_left > 0 {
             let Some(nl) = memchr::memchr(b'\n', &input[used..]) else {
                 break;
             };
@@ -280,6 +303,7 @@ impl Controller {
                 break;
             }
             self.lines += 1;
+            ctx.commands_left -= 1;
             self.answer(line, ctx);
             used += nl + 1;
         }
@@ -324,7 +348,7 @@ impl Controller {
     /// Answers every complete HTTP request in `partial` (keep-alive and
     /// pipelining work); a request over the bounds is answered and closes.
     fn take_http(&mut self, ctx: &mut Context) {
-        while self.phase == Phase::Http && self.awaiting.is_empty() {
+        while self.phase == Phase::Http && self.awaiting.is_empty() && ctx.commands_left > 0 {
             let Some(head_len) = http::head_end(&self.partial) else {
                 if self.partial.len() > ctx.head_bytes {
                     self.fail_http(control_http::error_response(HttpError::HeadTooLarge), ctx);
@@ -351,6 +375,7 @@ impl Controller {
                 return;
             }
             self.lines += 1;
+            ctx.commands_left -= 1;
             let body = &self.partial[head_len..head_len + body_len];
             match control_http::respond(&request, body, ctx) {
                 Answer::Now(response) => self.out.extend_from_slice(&response),

@@ -43,16 +43,25 @@ pub struct RequestHead {
     pub last_event_id: Option<u64>,
 }
 
-/// Where the head ends: just past the first empty line (CRLF or bare LF)
-/// after the request line. Empty lines before the request line are skipped,
-/// as RFC 9112 (2.2) asks of servers.
+/// Where the head ends: just past the first empty line (CRLF or bare LF).
+/// One empty line before the request line is skipped, as RFC 9112 (2.2)
+/// asks of servers; a second one ends an (empty, refused) head.
 pub fn head_end(buf: &[u8]) -> Option<usize> {
-    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
-    memchr::memchr_iter(b'\n', &buf[start..]).find_map(|i| match &buf[start + i + 1..] {
-        [b'\n', ..] => Some(start + i + 2),
-        [b'\r', b'\n', ..] => Some(start + i + 3),
+    let start = match buf {
+        [b'\r', b'\n', ..] => 2,
+        [b'\n', ..] => 1,
+        _ => 0,
+    };
+    let rest = &buf[start..];
+    let empty_line = |at: &[u8]| match at {
+        [b'\n', ..] => Some(1),
+        [b'\r', b'\n', ..] => Some(2),
         _ => None,
-    })
+    };
+    if let Some(len) = empty_line(rest) {
+        return Some(start + len);
+    }
+    memchr::memchr_iter(b'\n', rest).find_map(|i| Some(start + i + 1 + empty_line(&rest[i + 1..])?))
 }
 
 /// A parsed request head, headers kept by name.
@@ -276,8 +285,9 @@ mod tests {
         assert_eq!(head_end(b"GET / HTTP/1.0\r\n\r\nrest"), Some(18));
         assert_eq!(head_end(b"GET / HTTP/1.0\nA: b\n\nrest"), Some(21));
         assert_eq!(head_end(b"GET / HTTP/1.0\r\nA: b\r\n"), None);
-        assert_eq!(head_end(b"\r\n\r\nGET / HTTP/1.0\n\n"), Some(20));
-        assert_eq!(head_end(b"\r\n\r\n"), None);
+        assert_eq!(head_end(b"\r\nGET / HTTP/1.0\n\n"), Some(18));
+        assert_eq!(head_end(b"\r\n\r\n"), Some(4));
+        assert_eq!(head_end(b"\n"), None);
         let parsed = parse_head(b"GET /x?y HTTP/1.1\nUser-Agent: t\nLast-Event-ID: 7\n\n", 8);
         assert_eq!(parsed.as_ref().map(|h| h.user_agent.as_str()), Ok("t"));
         assert_eq!(parsed.map(|h| h.last_event_id), Ok(Some(7)));

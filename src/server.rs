@@ -6,7 +6,7 @@
 use crate::channel::Channels;
 use crate::cluster::{Cluster, Completion};
 use crate::config::{self, Config, RawSettings};
-use crate::conn::{Conn, Reason, SCRATCH_BYTES};
+use crate::conn::{COMMANDS_PER_TURN, Conn, Reason, SCRATCH_BYTES};
 use crate::controller::{self, Controller};
 use crate::docs::Documents;
 use crate::http::HttpError;
@@ -119,6 +119,7 @@ macro_rules! controller_context {
             now_ms: unix_ms(),
             cluster: $server.cluster.as_mut(),
             token: $token,
+            commands_left: COMMANDS_PER_TURN,
         }
     };
 }
@@ -728,7 +729,7 @@ impl Server {
 
     /// Publishes each `ADDMESSAGE` datagram; nothing is sent back.
     fn receive_datagrams(&mut self, token: usize) {
-        for _ in 0..ACCEPTS_PER_TURN {
+        for _ in 0..COMMANDS_PER_TURN {
             let Some(Conn::Udp(socket)) = self.conns.get(token) else {
                 return;
             };

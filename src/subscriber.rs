@@ -211,8 +211,12 @@ impl Subscriber {
             },
             State::Reply(reply) => write_reply(&mut self.socket, reply, stats),
             State::Streaming(s) => {
-                if readable && let Some(reason) = discard_input(&mut self.socket, scratch, stats) {
-                    return Step::Close(reason);
+                match readable.then(|| discard_input(&mut self.socket, scratch, stats)) {
+                    // A poll whose client half-closed after its request still
+                    // gets its reply; a stream ends with its client.
+                    Some(Some(Reason::RemoteClosed)) if !s.mode.persist => {}
+                    Some(Some(reason)) => return Step::Close(reason),
+                    _ => {}
                 }
                 s.write(&mut self.socket, channels, stats, now)
             }

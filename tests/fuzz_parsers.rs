@@ -235,12 +235,17 @@ const HEADS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The reference for `head_end`: after any empty lines before the request
-/// line (RFC 9112 section 2.2), the shortest prefix ending in an empty line.
+/// The reference for `head_end`: after at most one empty line before the
+/// request line (RFC 9112 section 2.2), the shortest prefix ending in an
+/// empty line.
 fn reference_head_end(buf: &[u8]) -> Option<usize> {
-    let start = buf.iter().position(|b| !b"\r\n".contains(b))?;
+    let start = if buf.starts_with(b"\r\n") {
+        2
+    } else {
+        usize::from(buf.starts_with(b"\n"))
+    };
     (start + 1..=buf.len()).find(|&n| {
-        let line = &buf[start..n];
+        let line = [b"\n", &buf[start..n]].concat();
         line.ends_with(b"\n\n") || line.ends_with(b"\n\r\n")
     })
 }
