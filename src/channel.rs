@@ -309,6 +309,12 @@ impl Channels {
         id
     }
 
+    /// Notes an id handed out elsewhere (several nodes), so that this node
+    /// never lets the shared counter go back below it.
+    pub fn saw_id(&mut self, id: u64) {
+        self.last_id = self.last_id.max(id);
+    }
+
     /// The newest id this server has seen, in any channel.
     pub fn last_id(&self) -> u64 {
         self.last_id

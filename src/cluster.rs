@@ -11,7 +11,7 @@
 //! a queue of what each one answers.
 
 use crate::channel::Channels;
-use crate::conn::{Conn, Io, read_some, write_some};
+use crate::conn::{COMMANDS_PER_TURN, Conn, Io, SCRATCH_BYTES, read_some, write_some};
 use crate::resp::{self, Value};
 use crate::{debug, info};
 use mio::net::TcpStream;
@@ -172,6 +172,14 @@ enum Link {
     Up,
 }
 
+/// Whether a link has more buffered than one turn may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    All,
+    /// Drive the link again next turn.
+    More,
+}
+
 /// What the loop must do for connections after Redis answered.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Completion {
@@ -316,6 +324,11 @@ impl Cluster {
             commands: false,
             pubsub: false,
         };
+        // Every channel held is back-filled once the link is up; events
+        // announced before then wait behind that, in order.
+        for name in channels.names() {
+            self.loading.entry(name).or_default();
+        }
         let db = self.settings.db.to_string();
         if let Some(password) = self.settings.password.clone() {
             self.command(Pending::Setup, &[b"AUTH", &password]);
@@ -472,8 +485,10 @@ impl Cluster {
         channels: &mut Channels,
         max_len: usize,
         done: &mut Vec<Completion>,
-    ) -> Result<(), String> {
-        loop {
+    ) -> Result<Received, String> {
+        // Read only while little is buffered: what is left is decoded on
+        // the next turns, `COMMANDS_PER_TURN` announced events at a time.
+        while conn.inbuf.len() < SCRATCH_BYTES {
             match read_some(&mut conn.socket, scratch) {
                 Io::Progress(n) => conn.inbuf.extend_from_slice(&scratch[..n]),
                 Io::WouldBlock => break,
@@ -482,17 +497,30 @@ impl Cluster {
             }
         }
         let mut used = 0;
-        while let Some((value, n)) =
-            resp::decode(&conn.inbuf[used..]).map_err(|e| e.0.to_string())?
-        {
+        let mut events = 0;
+        while events < COMMANDS_PER_TURN {
+            let Some((value, n)) =
+                resp::decode(&conn.inbuf[used..]).map_err(|e| e.0.to_string())?
+            else {
+                break;
+            };
             used += n;
             match conn.role {
                 Role::Command => self.on_reply(value, channels, max_len, done)?,
-                Role::PubSub => self.on_pubsub(value, channels, max_len)?,
+                Role::PubSub => {
+                    self.on_pubsub(value, channels, max_len)?;
+                    events += 1;
+                }
             }
         }
         conn.inbuf.drain(..used);
-        Ok(())
+        Ok(
+            if events == COMMANDS_PER_TURN || conn.inbuf.len() >= SCRATCH_BYTES {
+                Received::More
+            } else {
+                Received::All
+            },
+        )
     }
 
     /// Writes what is queued for a link.
@@ -529,9 +557,6 @@ impl Cluster {
         self.link = Link::Up;
         self.backoff = BACKOFF_MIN;
         info!("redis {}: link up", self.settings.addr);
-        for name in channels.names() {
-            self.loading.entry(name).or_default();
-        }
         let names: Vec<Box<[u8]>> = self.loading.keys().cloned().collect();
         for name in names {
             let after = channels.by_name(&name).map(|c| c.newest_id());
@@ -622,8 +647,11 @@ impl Cluster {
         channels: &mut Channels,
         max_len: usize,
     ) -> Result<(), String> {
-        let Value::Array(items) = value else {
-            return Err("unexpected pub/sub reply".into());
+        let items = match value {
+            Value::Array(items) => items,
+            Value::Error(e) => return Err(String::from_utf8_lossy(&e).into_owned()),
+            // The answer to AUTH.
+            _ => return Ok(()),
         };
         match items.first().and_then(Value::bytes) {
             Some(b"subscribe") => self.link_ready(false, true, channels, max_len),
@@ -631,6 +659,7 @@ impl Cluster {
                 let Some(event) = items.get(2).and_then(Value::bytes).and_then(Event::parse) else {
                     return Ok(());
                 };
+                channels.saw_id(event.id);
                 if let Some(loading) = self.loading.get_mut(event.channel.as_slice()) {
                     loading.events.push(event);
                 } else if channels.by_name(&event.channel).is_some() {

@@ -337,6 +337,9 @@ impl Controller {
                 }
                 self.out
                     .extend_from_slice(&control_http::published(id, &cors, close));
+                if close {
+                    self.phase = Phase::Closing(Reason::ResponseComplete);
+                }
             }
             (None, _) => return,
         }
@@ -377,15 +380,20 @@ impl Controller {
             self.lines += 1;
             ctx.commands_left -= 1;
             let body = &self.partial[head_len..head_len + body_len];
-            match control_http::respond(&request, body, ctx) {
-                Answer::Now(response) => self.out.extend_from_slice(&response),
-                Answer::Later { cors } => self.awaiting.push_back(Awaiting::Http {
-                    cors,
-                    close: request.close,
-                }),
-            }
+            let close = match control_http::respond(&request, body, ctx) {
+                Answer::Now(response) => {
+                    self.out.extend_from_slice(&response);
+                    request.close
+                }
+                Answer::Later { cors } => {
+                    let close = request.close;
+                    self.awaiting.push_back(Awaiting::Http { cors, close });
+                    // Closes once the response is out (see `published`).
+                    false
+                }
+            };
             self.partial.drain(..head_len + body_len);
-            if request.close {
+            if close {
                 self.phase = Phase::Closing(Reason::ResponseComplete);
             }
         }

@@ -4,7 +4,7 @@
 //! place where a connection closes.
 
 use crate::channel::Channels;
-use crate::cluster::{Cluster, Completion};
+use crate::cluster::{Cluster, Completion, Received};
 use crate::config::{self, Config, RawSettings};
 use crate::conn::{COMMANDS_PER_TURN, Conn, Reason, SCRATCH_BYTES};
 use crate::controller::{self, Controller};
@@ -545,6 +545,7 @@ impl Server {
                     self.accept(token)
                 }
                 Some(Conn::Udp(_)) => self.receive_datagrams(token),
+                Some(Conn::Redis(_)) => self.drive_redis(token),
                 _ => {}
             }
         }
@@ -601,7 +602,10 @@ impl Server {
         let max = self.channels.max_per_channel;
         let result = cluster
             .receive(conn, &mut self.scratch, &mut self.channels, max, &mut done)
-            .and_then(|()| cluster.send(conn));
+            .and_then(|received| cluster.send(conn).map(|()| received));
+        if result == Ok(Received::More) {
+            self.pending.push(token);
+        }
         if let Err(e) = result {
             info!("redis link failed: {e}");
             done.extend(cluster.down(Instant::now(), self.poll.registry(), &mut self.conns));
@@ -632,6 +636,9 @@ impl Server {
         for completion in done {
             match completion {
                 Completion::Published { token, id } => {
+                    if let Some(id) = id {
+                        self.channels.saw_id(id);
+                    }
                     if let Some(Conn::Controller(c)) = self.conns.get_mut(token) {
                         let mut ctx = controller_context!(self, token);
                         c.published(id, &mut ctx);
