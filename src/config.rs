@@ -110,6 +110,12 @@ const KEYS: &[Key] = &[
         help: "Seconds a client may take to send a complete request head (then 408)",
     },
     Key {
+        name: "ListenBacklog",
+        default: "4096",
+        scope: Scope::Global,
+        help: "Accept queue of each listening port (capped by net.core.somaxconn)",
+    },
+    Key {
         name: "LogTimeFormat",
         default: "human",
         scope: Scope::Global,
@@ -604,6 +610,7 @@ pub struct Limits {
     pub channels_per_request: usize,
     pub write_timeout: u64,
     pub udp_bytes: usize,
+    pub listen_backlog: i32,
 }
 
 /// The whole configuration the server runs with.
@@ -837,6 +844,8 @@ impl Config {
                 channels_per_request: r.size("MaxChannelsPerRequest")?.max(1),
                 write_timeout: r.number("WriteTimeout", None)?.max(1),
                 udp_bytes: r.size("UDPMaxBytes")?.max(16),
+                listen_backlog: i32::try_from(r.number("ListenBacklog", None)?.max(1))
+                    .unwrap_or(i32::MAX),
             },
             global_mode,
             modes,

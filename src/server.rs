@@ -19,7 +19,7 @@ use slab::Slab;
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -148,9 +148,20 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}")))
+/// Binds a listener with a deep accept queue: browsers reconnect in bursts
+/// (every long-poll client at once after each event), and a full queue
+/// drops connects that then wait a whole second for the SYN retransmission.
+fn bind(addr: SocketAddr, what: &str, backlog: i32) -> io::Result<TcpListener> {
+    let context =
+        |e: io::Error| io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}"));
+    let listener = TcpListener::bind(addr).map_err(context)?;
+    // mio listens with 128; listening again raises it (the kernel caps it
+    // at net.core.somaxconn).
+    // SAFETY: listen() on a socket we own, with a plain integer.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } == -1 {
+        return Err(context(io::Error::last_os_error()));
+    }
+    Ok(listener)
 }
 
 impl Server {
@@ -178,7 +189,7 @@ impl Server {
             (config.subscriber_addr, "subscribers"),
             (config.controller_addr, "controllers"),
         ] {
-            let mut listener = bind(addr, what)?;
+            let mut listener = bind(addr, what, config.limits.listen_backlog)?;
             let entry = conns.vacant_entry();
             poll.registry()
                 .register(&mut listener, Token(entry.key()), Interest::READABLE)?;
