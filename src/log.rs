@@ -28,6 +28,7 @@ thread_local! {
     static DEBUG: Cell<bool> = const { Cell::new(false) };
     static FORMAT: Cell<TimeFormat> = const { Cell::new(TimeFormat::Human) };
     static SINK: RefCell<Sink> = const { RefCell::new(Sink::Stderr) };
+    static PENDING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Applies the logging settings of a (re)loaded configuration.
@@ -117,10 +118,33 @@ pub fn line(severity: u8, args: std::fmt::Arguments) {
                 TimeFormat::Unix => now.to_string(),
                 TimeFormat::Human => human_time(now),
             };
-            // A full or closed stderr must not take the server down either.
-            let _ = writeln!(std::io::stderr().lock(), "{stamp} {args}");
+            PENDING.with(|pending| {
+                let mut pending = pending.borrow_mut();
+                // Writing into a Vec cannot fail.
+                let _ = writeln!(pending, "{stamp} {args}");
+                if pending.len() >= FLUSH_AT {
+                    write_stderr(&mut pending);
+                }
+            });
         }
     });
+}
+
+/// Lines logged to standard error are gathered and written once per loop
+/// turn (a long-poll cycle logs two records; a write each would double its
+/// system calls), or once this much is waiting.
+const FLUSH_AT: usize = 16 * 1024;
+
+fn write_stderr(pending: &mut Vec<u8>) {
+    // A full or closed stderr must not take the server down: drop the lines.
+    let _ = std::io::stderr().lock().write_all(pending);
+    pending.clear();
+}
+
+/// Writes the lines gathered for standard error; the loop calls it before
+/// it sleeps, and `main` before the process exits.
+pub fn flush() {
+    PENDING.with(|pending| write_stderr(&mut pending.borrow_mut()));
 }
 
 /// Formats unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC) without a time crate.

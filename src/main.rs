@@ -5,14 +5,18 @@ use meteord::config::{self, Action};
 use meteord::{info, log, process, server};
 use std::path::Path;
 
+/// Stops start-up: the log lines so far, then the reason, then exit 1.
+fn die(reason: &dyn std::fmt::Display) -> ! {
+    log::flush();
+    eprintln!("meteord: {reason}");
+    std::process::exit(1);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (action, command_line) = match config::parse_args(&args) {
         Ok(parsed) => parsed,
-        Err(e) => {
-            eprintln!("meteord: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => die(&e),
     };
     match action {
         Action::Version => {
@@ -27,10 +31,7 @@ fn main() {
     }
     let config = match config::load(&command_line) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("meteord: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => die(&e),
     };
     log::configure(config.debug, config.log_time_format);
     let syslog = config.syslog_facility.filter(|_| !config.debug);
@@ -51,17 +52,11 @@ fn main() {
     let fd_limit = process::raise_fd_limit();
     let mut server = match server::Server::new(config, command_line, fd_limit) {
         Ok(server) => server,
-        Err(e) => {
-            eprintln!("meteord: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => die(&e),
     };
     let detached = match detach.then(process::detach).transpose() {
         Ok(detached) => detached,
-        Err(e) => {
-            eprintln!("meteord: cannot detach: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => die(&format!("cannot detach: {e}")),
     };
     let pid_file = match pid_path
         .as_deref()
@@ -71,8 +66,7 @@ fn main() {
         Ok(pid_file) => pid_file,
         Err(e) => {
             info!("{e}");
-            eprintln!("meteord: {e}");
-            std::process::exit(1);
+            die(&e)
         }
     };
     if let Some(detached) = detached {
@@ -80,6 +74,7 @@ fn main() {
     }
     process::notify("READY=1");
     let status = server.run();
+    log::flush();
     drop(pid_file);
     std::process::exit(status);
 }

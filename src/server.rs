@@ -267,6 +267,7 @@ impl Server {
                 }
             }
             let timeout = self.poll_timeout();
+            log::flush();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
