@@ -8,8 +8,12 @@ use mio::net::{TcpListener, UdpSocket, UnixStream};
 use std::io::{self, Read, Write};
 
 /// Bytes a connection may write in one loop turn before it yields to the
-/// others (Redis's `NET_MAX_WRITES_PER_EVENT`).
-pub const WRITE_BUDGET: usize = 64 * 1024;
+/// others (Redis's `NET_MAX_WRITES_PER_EVENT`). Four times what one
+/// publisher may bring in per turn (`INPUT_BYTES_PER_TURN`), so a subscriber
+/// that reads as fast as events come is never outrun by the budget alone.
+pub const WRITE_BUDGET: usize = 1024 * 1024;
+/// Command bytes a publisher may have run per turn (at least one command).
+pub const INPUT_BYTES_PER_TURN: usize = 256 * 1024;
 /// Reads a connection may do in one loop turn before it yields.
 pub const READS_PER_TURN: usize = 16;
 /// Commands (or datagrams, or announced events) one connection may run per

@@ -166,6 +166,8 @@ pub struct Context<'a> {
     /// Commands this connection may still run this turn, so that subscribers
     /// get a write between bursts and are not outrun by one publisher.
     pub commands_left: usize,
+    /// Likewise in bytes, for large events.
+    pub bytes_left: usize,
     pub now_ms: u64,
 }
 
@@ -304,6 +306,10 @@ impl Controller {
             }
             self.lines += 1;
             ctx.commands_left -= 1;
+            ctx.bytes_left = ctx.bytes_left.saturating_sub(nl + 1);
+            if ctx.bytes_left == 0 {
+                ctx.commands_left = 0;
+            }
             self.answer(line, ctx);
             used += nl + 1;
         }
@@ -379,6 +385,10 @@ impl Controller {
             }
             self.lines += 1;
             ctx.commands_left -= 1;
+            ctx.bytes_left = ctx.bytes_left.saturating_sub(head_len + body_len);
+            if ctx.bytes_left == 0 {
+                ctx.commands_left = 0;
+            }
             let body = &self.partial[head_len..head_len + body_len];
             let close = match control_http::respond(&request, body, ctx) {
                 Answer::Now(response) => {

@@ -6,7 +6,7 @@
 use crate::channel::Channels;
 use crate::cluster::{Cluster, Completion, Received};
 use crate::config::{self, Config, RawSettings};
-use crate::conn::{COMMANDS_PER_TURN, Conn, Reason, SCRATCH_BYTES};
+use crate::conn::{COMMANDS_PER_TURN, Conn, INPUT_BYTES_PER_TURN, Reason, SCRATCH_BYTES};
 use crate::controller::{self, Controller};
 use crate::docs::Documents;
 use crate::http::HttpError;
@@ -120,6 +120,7 @@ macro_rules! controller_context {
             cluster: $server.cluster.as_mut(),
             token: $token,
             commands_left: COMMANDS_PER_TURN,
+            bytes_left: INPUT_BYTES_PER_TURN,
         }
     };
 }
@@ -570,8 +571,16 @@ impl Server {
                 tokens.extend(channel.subscriber_tokens());
             }
             for &token in &tokens {
-                if matches!(self.conns.get(token), Some(Conn::Subscriber(s)) if s.wants_flush()) {
-                    self.drive_subscriber(token, false);
+                match self.conns.get(token) {
+                    Some(Conn::Subscriber(s)) if s.wants_flush() => {
+                        self.drive_subscriber(token, false);
+                    }
+                    // Waiting on its socket: dropped as soon as the channel
+                    // no longer holds what it has not received (spec B3).
+                    Some(Conn::Subscriber(s)) if s.lost_events(&self.channels) => {
+                        self.close(token, Reason::SlowConsumer);
+                    }
+                    _ => {}
                 }
             }
         }

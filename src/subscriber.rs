@@ -235,6 +235,19 @@ impl Subscriber {
         matches!(&self.state, State::Streaming(s) if s.blocked_since.is_none())
     }
 
+    /// Whether a streaming subscriber's cursor fell behind what its
+    /// channel still holds.
+    pub fn lost_events(&self, channels: &Channels) -> bool {
+        let State::Streaming(s) = &self.state else {
+            return false;
+        };
+        s.cursors.iter().any(|c| {
+            channels
+                .get(c.channel)
+                .is_some_and(|ch| ch.stream(c.stream).bytes_from(c.pos).is_none())
+        })
+    }
+
     /// Handles a due timer: the head deadline, `MaxTime`, a stalled write,
     /// a ping.
     pub fn on_timer(&mut self, config: &Config, stats: &mut Stats, now: Instant) -> Option<Reason> {
