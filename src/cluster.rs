@@ -488,17 +488,19 @@ impl Cluster {
     ) -> Result<Received, String> {
         // Read only while little is buffered: what is left is decoded on
         // the next turns, `COMMANDS_PER_TURN` announced events at a time.
-        while conn.inbuf.len() < SCRATCH_BYTES {
+        let mut failure = None;
+        while failure.is_none() && conn.inbuf.len() < SCRATCH_BYTES {
             match read_some(&mut conn.socket, scratch) {
                 Io::Progress(n) => conn.inbuf.extend_from_slice(&scratch[..n]),
                 Io::WouldBlock => break,
-                Io::Closed => return Err("connection closed".into()),
-                Io::Failed(e) => return Err(e.to_string()),
+                Io::Closed => failure = Some("connection closed".to_owned()),
+                Io::Failed(e) => failure = Some(e.to_string()),
             }
         }
         let mut used = 0;
         let mut events = 0;
-        while events < COMMANDS_PER_TURN {
+        // After a break, everything received is applied at once.
+        while events < COMMANDS_PER_TURN || failure.is_some() {
             let Some((value, n)) =
                 resp::decode(&conn.inbuf[used..]).map_err(|e| e.0.to_string())?
             else {
@@ -514,6 +516,11 @@ impl Cluster {
             }
         }
         conn.inbuf.drain(..used);
+        // Replies that arrived before the link broke have been applied (an
+        // event announced just before is not lost); now report the break.
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
         Ok(
             if events == COMMANDS_PER_TURN || conn.inbuf.len() >= SCRATCH_BYTES {
                 Received::More
