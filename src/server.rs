@@ -629,9 +629,25 @@ impl Server {
         }
         if let Err(e) = result {
             info!("redis link failed: {e}");
-            done.extend(cluster.down(Instant::now(), self.poll.registry(), &mut self.conns));
+            self.redis_down(&mut done);
         }
         self.complete(done);
+    }
+
+    /// Brings both Redis links down after one failed, applying first what
+    /// the other had already received (an event announced just before).
+    fn redis_down(&mut self, done: &mut Vec<Completion>) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let max = self.channels.max_per_channel;
+        for token in cluster.tokens() {
+            if let Some(Conn::Redis(conn)) = self.conns.get_mut(token) {
+                // Its own failure, if any, is the same outage: ignore it.
+                let _ = cluster.receive(conn, &mut self.scratch, &mut self.channels, max, done);
+            }
+        }
+        done.extend(cluster.down(Instant::now(), self.poll.registry(), &mut self.conns));
     }
 
     /// Writes what is queued for Redis (publishes, loads) on both links.
@@ -644,7 +660,8 @@ impl Server {
                 && let Err(e) = cluster.send(conn)
             {
                 info!("redis link failed: {e}");
-                let done = cluster.down(Instant::now(), self.poll.registry(), &mut self.conns);
+                let mut done = Vec::new();
+                self.redis_down(&mut done);
                 return self.complete(done);
             }
         }

@@ -1,0 +1,1373 @@
+//! Several nodes sharing channels through Redis (`RedisAddress`).
+//!
+//! Every test starts its own `redis-server` on a free loopback port (no
+//! persistence) and two or three meteord nodes pointing at it, then talks
+//! to them over real sockets. Without redis-server the tests print SKIP and
+//! pass, unless `METEORD_REDIS_TESTS=1` (CI), where they fail.
+//!
+//! Waits are reads with deadlines or bounded polls; the nodes reconnect
+//! with a backoff that starts at 100 ms, so an outage of a few hundred
+//! milliseconds is over within about a second.
+
+mod common;
+
+use common::*;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------
+
+/// Whether redis-server can run here; panics when CI asked for these tests.
+fn redis_available() -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return true;
+    }
+    if std::env::var("METEORD_REDIS_TESTS").as_deref() == Ok("1") {
+        panic!("redis-server is not installed, and METEORD_REDIS_TESTS=1 requires these tests");
+    }
+    eprintln!("SKIP: redis-server is not installed (set METEORD_REDIS_TESTS=1 to fail instead)");
+    false
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A reply of the Redis protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Resp>>),
+}
+
+impl Resp {
+    fn int(&self) -> i64 {
+        match self {
+            Resp::Int(n) => *n,
+            Resp::Bulk(Some(b)) => String::from_utf8_lossy(b)
+                .parse()
+                .unwrap_or_else(|_| panic!("not a number: {self:?}")),
+            other => panic!("not a number: {other:?}"),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Resp::Simple(s) => s.clone(),
+            Resp::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("not a string: {other:?}"),
+        }
+    }
+
+    fn items(&self) -> Vec<Resp> {
+        match self {
+            Resp::Array(Some(v)) => v.clone(),
+            other => panic!("not an array: {other:?}"),
+        }
+    }
+}
+
+fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line)?;
+    if line.len() < 3 || !line.ends_with(b"\r\n") {
+        return Err(std::io::Error::other(format!(
+            "bad RESP line {:?}",
+            show(&line)
+        )));
+    }
+    let body = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
+    let number = || -> std::io::Result<i64> {
+        body.parse()
+            .map_err(|_| std::io::Error::other(format!("bad RESP number {body:?}")))
+    };
+    Ok(match line[0] {
+        b'+' => Resp::Simple(body.clone()),
+        b'-' => Resp::Error(body.clone()),
+        b':' => Resp::Int(number()?),
+        b'$' => match number()? {
+            n if n < 0 => Resp::Bulk(None),
+            n => {
+                let mut data = vec![0; n as usize + 2];
+                r.read_exact(&mut data)?;
+                data.truncate(n as usize);
+                Resp::Bulk(Some(data))
+            }
+        },
+        b'*' => match number()? {
+            n if n < 0 => Resp::Array(None),
+            n => Resp::Array(Some(
+                (0..n).map(|_| read_resp(r)).collect::<Result<_, _>>()?,
+            )),
+        },
+        other => {
+            return Err(std::io::Error::other(format!(
+                "bad RESP type {:?}",
+                other as char
+            )));
+        }
+    })
+}
+
+fn encode(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+/// Starts redis-server on `port` and waits (bounded) until it answers.
+fn spawn_redis(port: u16, dir: &TempDir, extra: &[String]) -> Result<Child, String> {
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir.path)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn redis-server: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("redis-server on port {port} exited: {status}"));
+        }
+        if ping(port) {
+            return Ok(child);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "redis-server on port {port} did not answer in 10 s"
+            ));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a Redis answers PING on `port` (NOAUTH counts: it is up).
+fn ping(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(n) if n > 0 => buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"),
+        _ => false,
+    }
+}
+
+/// A redis-server child on a loopback port; killed on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    password: Option<String>,
+    extra: Vec<String>,
+    dir: TempDir,
+}
+
+impl Redis {
+    /// A running Redis, or None (after printing SKIP) when it is not installed.
+    fn start() -> Option<Redis> {
+        Redis::start_with(&[], None)
+    }
+
+    fn start_with(extra: &[&str], password: Option<&str>) -> Option<Redis> {
+        let mut redis = Redis::unstarted(extra, password)?;
+        let mut last = String::new();
+        for _ in 0..5 {
+            match spawn_redis(redis.port, &redis.dir, &redis.extra) {
+                Ok(child) => {
+                    redis.child = Some(child);
+                    return Some(redis);
+                }
+                // Someone took the port in the meantime: another one.
+                Err(e) => {
+                    last = e;
+                    redis.port = free_port();
+                }
+            }
+        }
+        panic!("could not start redis-server: {last}");
+    }
+
+    /// A port reserved for a Redis that `restart` starts later.
+    fn unstarted(extra: &[&str], password: Option<&str>) -> Option<Redis> {
+        if !redis_available() {
+            return None;
+        }
+        Some(Redis {
+            child: None,
+            port: free_port(),
+            password: password.map(str::to_owned),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir: TempDir::new("redis"),
+        })
+    }
+
+    /// `host:port` for `RedisAddress`.
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it at once (SIGKILL): nothing is saved, links break.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a new, empty Redis on the same port.
+    fn restart(&mut self) {
+        self.kill();
+        match spawn_redis(self.port, &self.dir, &self.extra) {
+            Ok(child) => self.child = Some(child),
+            Err(e) => panic!("restarting redis: {e}"),
+        }
+    }
+
+    /// One command on a fresh connection (AUTH first when there is a password).
+    fn cmd(&self, args: &[&str]) -> Resp {
+        self.cmd_db(None, args)
+    }
+
+    fn cmd_db(&self, db: Option<u32>, args: &[&str]) -> Resp {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let s = TcpStream::connect_timeout(&addr, WAIT).expect("connect to redis");
+        s.set_read_timeout(Some(WAIT)).ok();
+        let mut w = s.try_clone().expect("clone");
+        let mut r = BufReader::new(s);
+        let mut request = Vec::new();
+        let mut skip = 0;
+        if let Some(pw) = &self.password {
+            request.extend(encode(&["AUTH", pw]));
+            skip += 1;
+        }
+        if let Some(db) = db {
+            request.extend(encode(&["SELECT", &db.to_string()]));
+            skip += 1;
+        }
+        request.extend(encode(args));
+        w.write_all(&request).expect("write to redis");
+        for _ in 0..skip {
+            let r = read_resp(&mut r).expect("redis reply");
+            assert_eq!(r, Resp::Simple("OK".into()), "redis setup for {args:?}");
+        }
+        read_resp(&mut r).unwrap_or_else(|e| panic!("redis reply to {args:?}: {e}"))
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+macro_rules! redis_or_skip {
+    () => {
+        match Redis::start() {
+            Some(r) => r,
+            None => return,
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Nodes
+// ---------------------------------------------------------------------------
+
+/// A node sharing channels through the Redis at `addr` (TEST_CONF modes, no pings).
+fn node(addr: &str) -> Server {
+    Server::start(&["-RedisAddress", addr, "-PingInterval", "0"], TEST_CONF)
+}
+
+fn log_count(s: &Server, needle: &str) -> usize {
+    s.logs().iter().filter(|l| l.contains(needle)).count()
+}
+
+/// Waits until the node has logged `link up` `n` times in all.
+fn wait_link_up(s: &Server, n: usize) {
+    wait_log_count(s, ": link up", n, Duration::from_secs(8));
+}
+
+fn wait_log_count(s: &Server, needle: &str, n: usize, timeout: Duration) {
+    assert!(
+        eventually(timeout, || log_count(s, needle) >= n),
+        "node {} did not log {needle:?} {n} time(s) within {timeout:?}; log:\n{}",
+        s.pid(),
+        s.logs().join("\n")
+    );
+}
+
+/// A node that is connected to `redis`.
+fn node_up(redis: &Redis) -> Server {
+    let s = node(&redis.addr());
+    wait_link_up(&s, 1);
+    s
+}
+
+type Event = (u64, String, String);
+
+fn event_line(line: &[u8]) -> Event {
+    let text = String::from_utf8_lossy(line);
+    let body = text.strip_suffix('\n').unwrap_or(&text);
+    let mut parts = body.splitn(3, ':');
+    let id = parts.next().and_then(|p| p.parse().ok());
+    match (id, parts.next(), parts.next()) {
+        (Some(id), Some(ch), Some(t)) => (id, ch.to_string(), t.to_string()),
+        _ => panic!("not an event line: {:?}", show(line)),
+    }
+}
+
+/// Reads `n` events (`id:channel:text` lines).
+fn read_events(c: &mut Conn, n: usize, timeout: Duration) -> Vec<Event> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.read_until(b"\n", left) {
+            Ok(line) => got.push(event_line(&line)),
+            Err(e) => panic!("after {} of {n} events: {e}; events: {got:?}", got.len()),
+        }
+    }
+    got
+}
+
+/// Reads events until one with an id of at least `last`.
+fn read_events_through(c: &mut Conn, last: u64, timeout: Duration) -> Vec<Event> {
+    let deadline = Instant::now() + timeout;
+    let mut got: Vec<Event> = Vec::new();
+    while got.last().is_none_or(|e| e.0 < last) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.read_until(b"\n", left) {
+            Ok(line) => got.push(event_line(&line)),
+            Err(e) => panic!(
+                "waiting for id {last} after {} events: {e}; last events: {:?}",
+                got.len(),
+                &got[got.len().saturating_sub(5)..]
+            ),
+        }
+    }
+    got
+}
+
+fn events(ch: &str, ids: &[u64], texts: &[String]) -> Vec<Event> {
+    ids.iter()
+        .zip(texts)
+        .map(|(&id, t)| (id, ch.to_string(), t.clone()))
+        .collect()
+}
+
+fn texts(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+fn assert_increasing(ids: &[u64], what: &str) {
+    for w in ids.windows(2) {
+        assert!(w[0] < w[1], "{what}: ids not strictly increasing: {ids:?}");
+    }
+}
+
+/// One HTTP request on a new controller-port connection; the whole response.
+fn http_on_controller(s: &Server, raw: &str) -> String {
+    let mut c = Conn::connect(s.ctl_addr);
+    c.send(raw.as_bytes());
+    String::from_utf8_lossy(&c.read_to_end(WAIT)).into_owned()
+}
+
+fn post_pub(channel: &str, body: &str) -> String {
+    format!(
+        "POST /pub/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn http_ok(id: u64) -> String {
+    let body = format!("{{\"id\":{id}}}\n");
+    format!(
+        "HTTP/1.1 200 OK\r\nServer: meteord\r\nContent-Type: application/json\r\n\
+         Cache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn http_503() -> String {
+    let body = "503 Service Unavailable: backend unavailable\n";
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nServer: meteord\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Cache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The id in a `{"id":N}` publish response.
+fn http_id(response: &str) -> u64 {
+    let start = response
+        .find("{\"id\":")
+        .unwrap_or_else(|| panic!("no id in {response:?}"));
+    let rest = &response[start + 6..];
+    rest[..rest.find('}').expect("}")]
+        .parse()
+        .unwrap_or_else(|_| panic!("bad id in {response:?}"))
+}
+
+/// The established TCP connections of process `pid`: (local port, remote port).
+#[cfg(target_os = "linux")]
+fn tcp_connections(pid: u32) -> Vec<(u16, u16)> {
+    let mut inodes = HashSet::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for entry in dir.flatten() {
+            if let Ok(target) = std::fs::read_link(entry.path()) {
+                let t = target.to_string_lossy().into_owned();
+                if let Some(ino) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                    inodes.insert(ino.to_string());
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || !inodes.contains(f[9]) || f[3] == "0A" {
+                continue;
+            }
+            let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap_or(""), 16).ok();
+            if let (Some(l), Some(r)) = (port(f[1]), port(f[2])) {
+                out.push((l, r));
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Sharing channels
+// ---------------------------------------------------------------------------
+
+#[test]
+fn two_nodes_share_a_channel_both_ways() {
+    let redis = redis_or_skip!();
+    let a = node_up(&redis);
+    let b = node_up(&redis);
+    let mut sub_a = a.subscribe("/push/ha/stream/ch", HDR_OK);
+    let mut sub_b = b.subscribe("/push/hb/stream/ch", HDR_OK);
+    let mut ctl_a = a.ctl();
+    let mut ctl_b = b.ctl();
+
+    let texts_a = texts("from-a", 20);
+    let ids_a = ctl_a.add_many("ch", &texts_a);
+    let texts_b = texts("from-b", 20);
+    let ids_b = ctl_b.add_many("ch", &texts_b);
+    let all_ids: Vec<u64> = ids_a.iter().chain(&ids_b).copied().collect();
+    assert_increasing(&all_ids, "one counter for both nodes");
+    assert_eq!(ids_a[0], 1, "ids start at 1");
+
+    let mut expected = events("ch", &ids_a, &texts_a);
+    expected.extend(events("ch", &ids_b, &texts_b));
+    assert_eq!(
+        read_events(&mut sub_a, 40, WAIT),
+        expected,
+        "subscriber on A"
+    );
+    assert_eq!(
+        read_events(&mut sub_b, 40, WAIT),
+        expected,
+        "subscriber on B"
+    );
+    assert_eq!(ctl_a.list(), "OK\r\nch(40/1)\r\n--EOT--\r\n");
+    assert_eq!(ctl_b.list(), "OK\r\nch(40/1)\r\n--EOT--\r\n");
+
+    // What Redis holds: the counter and the channel's stream.
+    assert_eq!(redis.cmd(&["GET", "{meteor}:id"]).int(), ids_b[19] as i64);
+    let entries = redis.cmd(&["XRANGE", "{meteor}:s:ch", "-", "+"]).items();
+    assert_eq!(entries.len(), 40);
+    let first = entries[0].items();
+    assert_eq!(first[0].text(), format!("{}-0", ids_a[0]));
+    let fields: Vec<String> = first[1].items().iter().map(Resp::text).collect();
+    assert_eq!(fields.len(), 4, "fields {fields:?}");
+    assert_eq!(
+        (&*fields[0], &*fields[2], &*fields[3]),
+        ("t", "x", "from-a-1")
+    );
+    let ms: u64 = fields[1].parse().expect("t is milliseconds");
+    let now_ms = now_unix() * 1000;
+    assert!(
+        ms + 60_000 > now_ms && ms < now_ms + 60_000,
+        "t={ms}, now={now_ms}"
+    );
+
+    // Each node keeps two links (commands, pub/sub) to Redis.
+    #[cfg(target_os = "linux")]
+    for s in [&a, &b] {
+        let to_redis = tcp_connections(s.pid())
+            .iter()
+            .filter(|(_, remote)| *remote == redis.port)
+            .count();
+        assert_eq!(to_redis, 2, "links from node {} to redis", s.pid());
+    }
+}
+
+#[test]
+fn three_nodes_deliver_every_event_in_the_same_order() {
+    let redis = redis_or_skip!();
+    let nodes = [node_up(&redis), node_up(&redis), node_up(&redis)];
+    let mut subs: Vec<Conn> = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        subs.push(n.subscribe(&format!("/push/s{i}/stream/ch"), HDR_OK));
+        subs.push(n.subscribe(&format!("/push/t{i}/stream/ch/other"), HDR_OK));
+    }
+
+    // All three publish at once, 100 each.
+    let publishers: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut ctl = n.ctl();
+            thread::spawn(move || {
+                let t = texts(&format!("n{i}"), 100);
+                let ids = ctl.add_many("ch", &t);
+                assert_increasing(&ids, "replies to one publisher");
+                events("ch", &ids, &t)
+            })
+        })
+        .collect();
+    let mut acked: Vec<Event> = publishers
+        .into_iter()
+        .flat_map(|p| p.join().expect("publisher"))
+        .collect();
+    acked.sort();
+    let ids: Vec<u64> = acked.iter().map(|e| e.0).collect();
+    assert_increasing(&ids, "ids from three nodes (unique)");
+
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let got = read_events(sub, 300, Duration::from_secs(10));
+        assert_eq!(got, acked, "subscriber {i} (node {})", i / 2);
+    }
+}
+
+#[test]
+fn late_subscribers_get_their_backlog_from_redis() {
+    let redis = redis_or_skip!();
+    let a = node_up(&redis);
+    let b = node_up(&redis);
+    let c = node_up(&redis);
+    // Nobody holds `late` while it is published on A.
+    let t = texts("m", 300);
+    let ids = a.ctl().add_many("late", &t);
+    let all = events("late", &ids, &t);
+    assert_eq!(
+        c.ctl().list(),
+        "OK\r\n--EOT--\r\n",
+        "C does not hold it yet"
+    );
+
+    // C loads it from Redis: exactly the last 50, then live events.
+    let mut on_c = c.subscribe("/push/c1/stream/late.b50", HDR_OK);
+    assert_eq!(read_events(&mut on_c, 50, WAIT), all[250..]);
+    // B: everything a channel holds (MaxMessagesPerChannel 250).
+    let mut on_b = b.subscribe("/push/b1/stream/late.h", HDR_OK);
+    assert_eq!(read_events(&mut on_b, 250, WAIT), all[50..]);
+    // A published it but never held it: `.r<id>` loads it too.
+    let mut on_a = a.subscribe(&format!("/push/a1/stream/late.r{}", ids[280]), HDR_OK);
+    assert_eq!(read_events(&mut on_a, 20, WAIT), all[280..]);
+    // A non-persistent poll on another node gets its backlog and is closed.
+    let mut poll = c.http_get(&format!("/push/p1/poll/late.r{}", ids[297]));
+    let body = poll.read_to_end(WAIT);
+    let mut expected = String::from(HDR_OK);
+    for e in &all[297..] {
+        expected.push_str(&format!("{}:{}:{}\n", e.0, e.1, e.2));
+    }
+    assert_eq!(show(&body), show(expected.as_bytes()));
+
+    // The backlog is followed by what is published next, on any node.
+    let next = b.ctl().add("late", "live");
+    let live = vec![(next, "late".to_string(), "live".to_string())];
+    for sub in [&mut on_a, &mut on_b, &mut on_c] {
+        assert_eq!(read_events(sub, 1, WAIT), live);
+    }
+    assert_eq!(c.ctl().list(), "OK\r\nlate(250/1)\r\n--EOT--\r\n");
+}
+
+#[test]
+fn last_event_id_resumes_on_another_node() {
+    let redis = redis_or_skip!();
+    let a = node_up(&redis);
+    let b = node_up(&redis);
+    let t = texts("e", 10);
+    let ids = a.ctl().add_many("sse", &t);
+    let all = events("sse", &ids, &t);
+
+    // A browser that saw the 4th event on A reconnects to B.
+    let request = format!(
+        "GET /push/h1/stream/sse HTTP/1.1\r\nHost: 127.0.0.1\r\nLast-Event-ID: {}\r\n\r\n",
+        ids[3]
+    );
+    let mut resumed = b.request(request.as_bytes());
+    resumed.expect_str(HDR_OK);
+    assert_eq!(read_events(&mut resumed, 6, WAIT), all[4..]);
+    // B holds the channel now; a second resume is answered from its cache.
+    let request = format!(
+        "GET /push/h2/stream/sse HTTP/1.1\r\nHost: 127.0.0.1\r\nLast-Event-ID: {}\r\n\r\n",
+        ids[7]
+    );
+    let mut again = b.request(request.as_bytes());
+    again.expect_str(HDR_OK);
+    assert_eq!(read_events(&mut again, 2, WAIT), all[8..]);
+
+    let id = a.ctl().add("sse", "next");
+    let next = vec![(id, "sse".to_string(), "next".to_string())];
+    assert_eq!(read_events(&mut resumed, 1, WAIT), next);
+    assert_eq!(read_events(&mut again, 1, WAIT), next);
+}
+
+// ---------------------------------------------------------------------------
+// Failures: Redis away, nodes restarted
+// ---------------------------------------------------------------------------
+
+/// What a publisher thread saw: every reply, in order, with the text sent.
+#[derive(Default)]
+struct Log {
+    replies: Vec<(String, String)>,
+    ok: usize,
+    err: usize,
+}
+
+/// Publishes `<tag>-<n>` on `channel` one at a time until `stop`.
+fn publisher(
+    s: &Server,
+    tag: &str,
+    channel: &str,
+    pace: Duration,
+    limit: usize,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Mutex<Log>>, thread::JoinHandle<()>) {
+    let log = Arc::new(Mutex::new(Log::default()));
+    let mut ctl = s.ctl();
+    let (tag, channel, shared) = (tag.to_string(), channel.to_string(), log.clone());
+    let handle = thread::spawn(move || {
+        for n in 1..=limit {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let text = format!("{tag}-{n}");
+            let reply = ctl.command(&format!("ADDMESSAGE {channel} {text}"));
+            let mut l = shared.lock().unwrap();
+            if reply.starts_with("OK\t") {
+                l.ok += 1;
+            } else {
+                l.err += 1;
+            }
+            l.replies.push((text, reply));
+            drop(l);
+            thread::sleep(pace);
+        }
+    });
+    (log, handle)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    assert!(eventually(timeout, &mut cond), "timed out: {what}");
+}
+
+#[test]
+fn redis_killed_and_restarted_mid_stream_leaves_no_gap() {
+    let mut redis = redis_or_skip!();
+    let a = node_up(&redis);
+    let b = node_up(&redis);
+    let c = node_up(&redis);
+    let mut subs = [
+        a.subscribe("/push/sa/stream/ch", HDR_OK),
+        b.subscribe("/push/sb/stream/ch", HDR_OK),
+        c.subscribe("/push/sc/stream/ch", HDR_OK),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let pace = Duration::from_millis(2);
+    let (log_a, pub_a) = publisher(&a, "a", "ch", pace, 100_000, stop.clone());
+    let (log_b, pub_b) = publisher(&b, "b", "ch", pace, 100_000, stop.clone());
+    let ok = |l: &Arc<Mutex<Log>>| l.lock().unwrap().ok;
+    let err = |l: &Arc<Mutex<Log>>| l.lock().unwrap().err;
+
+    wait_for("30 publishes on each node", WAIT, || {
+        ok(&log_a) >= 30 && ok(&log_b) >= 30
+    });
+    redis.kill();
+    for n in [&a, &b, &c] {
+        wait_log_count(n, "link lost", 1, WAIT);
+    }
+    wait_for("publishes refused while Redis is away", WAIT, || {
+        err(&log_a) >= 3 && err(&log_b) >= 3
+    });
+    let before = (ok(&log_a), ok(&log_b));
+    redis.restart();
+    for n in [&a, &b, &c] {
+        wait_link_up(n, 2);
+    }
+    wait_for(
+        "30 more publishes on each node",
+        Duration::from_secs(10),
+        || ok(&log_a) >= before.0 + 30 && ok(&log_b) >= before.1 + 30,
+    );
+    stop.store(true, Ordering::SeqCst);
+    pub_a.join().expect("publisher on A");
+    pub_b.join().expect("publisher on B");
+
+    // Every reply is an id or the documented error; ids never repeat and
+    // never go back, on either node, across the restart.
+    let mut acked: Vec<Event> = Vec::new();
+    let mut refused: HashSet<String> = HashSet::new();
+    for log in [&log_a, &log_b] {
+        let log = log.lock().unwrap();
+        let mut ids = Vec::new();
+        for (text, reply) in &log.replies {
+            match reply.strip_prefix("OK\t") {
+                Some(id) => {
+                    let id: u64 = id.parse().expect("id");
+                    ids.push(id);
+                    acked.push((id, "ch".into(), text.clone()));
+                }
+                None => {
+                    assert_eq!(reply, "ERR Backend unavailable", "reply to {text}");
+                    refused.insert(text.clone());
+                }
+            }
+        }
+        assert_increasing(&ids, "ids acknowledged to one publisher across the restart");
+        assert!(log.err >= 3, "refused publishes: {}", log.err);
+    }
+    acked.sort();
+    let ids: Vec<u64> = acked.iter().map(|e| e.0).collect();
+    assert_increasing(&ids, "ids acknowledged on both nodes");
+    let last = *ids.last().expect("acked");
+
+    // Each subscriber has every acknowledged event, in id order; anything
+    // else it got is a publish that was refused (Redis ran it, then died
+    // before the reply), never something unknown.
+    let acked_by_id: HashMap<u64, &Event> = acked.iter().map(|e| (e.0, e)).collect();
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let got = read_events_through(sub, last, Duration::from_secs(10));
+        let got_ids: Vec<u64> = got.iter().map(|e| e.0).collect();
+        assert_increasing(&got_ids, &format!("subscriber {i}"));
+        let got_set: HashSet<u64> = got_ids.iter().copied().collect();
+        let missing: Vec<&Event> = acked.iter().filter(|e| !got_set.contains(&e.0)).collect();
+        assert!(
+            missing.is_empty(),
+            "subscriber {i} missed acknowledged events {missing:?} (publishes acknowledged \
+             before the restart on A and B: {before:?}); it got ids {got_ids:?}"
+        );
+        for e in &got {
+            match acked_by_id.get(&e.0) {
+                Some(&a) => assert_eq!(e, a, "subscriber {i}"),
+                None => assert!(
+                    refused.contains(&e.2),
+                    "subscriber {i} got {e:?}, which nobody published"
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn publishing_answers_errors_while_redis_is_away() {
+    // Nothing listens on the port yet: the node starts anyway.
+    let Some(mut redis) = Redis::unstarted(&[], None) else {
+        return;
+    };
+    let a = node(&redis.addr());
+    let mut ctl = a.ctl();
+    assert_eq!(ctl.command("ADDMESSAGE ch one"), "ERR Backend unavailable");
+    assert_eq!(http_on_controller(&a, &post_pub("ch", "one")), http_503());
+    // The controller stays usable, and nothing was created.
+    assert_eq!(ctl.list(), "OK\r\n--EOT--\r\n");
+
+    redis.restart();
+    wait_link_up(&a, 1);
+    let first = http_id(&http_on_controller(&a, &post_pub("ch", "two")));
+    assert_eq!(
+        http_on_controller(&a, &post_pub("ch", "three")),
+        http_ok(first + 1)
+    );
+    assert_eq!(ctl.add("ch", "four"), first + 2);
+
+    redis.kill();
+    wait_log_count(&a, "link lost", 1, WAIT);
+    assert_eq!(http_on_controller(&a, &post_pub("ch", "five")), http_503());
+    assert_eq!(ctl.command("ADDMESSAGE ch five"), "ERR Backend unavailable");
+    // A keep-alive HTTP connection gets 503, then 200 once Redis is back.
+    let mut keep = Conn::connect(a.ctl_addr);
+    keep.send(b"POST /pub/ch HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nsix");
+    keep.read_until(b"503 Service Unavailable: backend unavailable\n", WAIT)
+        .expect("503 on a keep-alive connection");
+
+    redis.restart();
+    wait_link_up(&a, 2);
+    keep.send(b"POST /pub/ch HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nseven");
+    let reply = keep
+        .read_until(b"}\n", WAIT)
+        .expect("200 on the same connection");
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    // The restarted Redis was empty; the node raised its counter again.
+    assert!(http_id(&reply) > first + 2, "{reply}");
+}
+
+#[test]
+fn ids_are_not_reused_after_redis_restarts_empty() {
+    let mut redis = redis_or_skip!();
+    let a = node_up(&redis);
+    // Nobody subscribes to `quiet`: only the publisher ever sees its ids.
+    let mut ctl = a.ctl();
+    let before = ctl.add_many("quiet", &texts("q", 5));
+    redis.restart();
+    wait_link_up(&a, 2);
+    let after = ctl.add("quiet", "after-restart");
+    assert!(
+        after > before[4],
+        "id {after} after the restart was already given out before it: {before:?}"
+    );
+}
+
+#[test]
+fn a_restarted_node_resumes_subscribers_from_redis() {
+    let redis = redis_or_skip!();
+    let a = node_up(&redis);
+    let b = node_up(&redis);
+    let mut old_sub = b.subscribe("/push/old/stream/ch", HDR_OK);
+    let stop = Arc::new(AtomicBool::new(false));
+    // At most 200 events, so that the channel's 250 cover them all.
+    let (log, pub_a) = publisher(&a, "p", "ch", Duration::from_millis(5), 200, stop.clone());
+    let ok = || log.lock().unwrap().ok;
+    wait_for("20 publishes", WAIT, || ok() >= 20);
+    read_events(&mut old_sub, 20, WAIT);
+
+    // B goes away and comes back as a new process while A keeps publishing.
+    let pid = b.pid();
+    drop(b);
+    let during = ok();
+    let b = node_up(&redis);
+    assert_ne!(b.pid(), pid);
+    wait_for("publishes while B restarted", WAIT, || ok() >= during + 5);
+
+    let resume = {
+        let l = log.lock().unwrap();
+        parse_ok_id(&l.replies[9].1)
+    };
+    let mut sub = b.subscribe(&format!("/push/new/stream/ch.r{resume}"), HDR_OK);
+    let subscribed = ok();
+    wait_for("publishes after the resume", WAIT, || {
+        ok() >= subscribed + 10
+    });
+    stop.store(true, Ordering::SeqCst);
+    pub_a.join().expect("publisher");
+
+    let log = log.lock().unwrap();
+    let all: Vec<Event> = log
+        .replies
+        .iter()
+        .map(|(text, reply)| (parse_ok_id(reply), "ch".to_string(), text.clone()))
+        .collect();
+    let last = all.last().expect("published").0;
+    let got = read_events_through(&mut sub, last, WAIT);
+    assert_eq!(
+        got,
+        all[9..],
+        "resumed from id {resume} on the restarted node"
+    );
+    // The restarted node counts only its new subscriber.
+    assert_eq!(b.ctl().count("ch"), 1);
+}
+
+#[test]
+fn showstats_cluster_lists_every_live_node() {
+    let redis = redis_or_skip!();
+    let a = node_up(&redis);
+    let b = node_up(&redis);
+    let c = node_up(&redis);
+    let _s1 = b.subscribe("/push/s1/stream/x", HDR_OK);
+    let _s2 = b.subscribe("/push/s2/stream/y", HDR_OK);
+    let _idle = c.ctl();
+    let mut ctl = a.ctl();
+
+    let parse = |raw: &str| -> Vec<(String, Vec<(String, u64)>)> {
+        assert!(
+            raw.starts_with("OK\r\n") && raw.ends_with("--EOT--\r\n"),
+            "{raw:?}"
+        );
+        raw["OK\r\n".len()..raw.len() - "--EOT--\r\n".len()]
+            .split_terminator("\r\n")
+            .map(|line| {
+                let mut words = line.split(' ');
+                assert_eq!(words.next(), Some("node"), "{line:?}");
+                let name = words.next().expect("node name").to_string();
+                let counts: Vec<(String, u64)> = words
+                    .map(|w| {
+                        let (k, v) = w.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
+                        (
+                            k.to_string(),
+                            v.parse().unwrap_or_else(|_| panic!("{line:?}")),
+                        )
+                    })
+                    .collect();
+                let keys: Vec<&str> = counts.iter().map(|(k, _)| k.as_str()).collect();
+                assert_eq!(
+                    keys,
+                    [
+                        "current_subscribers",
+                        "current_controllers",
+                        "channel_count",
+                        "messages_served"
+                    ],
+                    "{line:?}"
+                );
+                (name, counts)
+            })
+            .collect()
+    };
+    let by_pid = |view: &[(String, Vec<(String, u64)>)], pid: u32| {
+        view.iter()
+            .find(|(name, _)| name.ends_with(&format!("-{pid}")))
+            .map(|(_, counts)| counts.clone())
+    };
+    let pids = [a.pid(), b.pid(), c.pid()];
+    // Nodes refresh every 2 s: within two rounds every node is there with
+    // B's two subscribers counted.
+    let mut view = Vec::new();
+    let complete = eventually(Duration::from_secs(8), || {
+        view = parse(&ctl.multi("SHOWSTATS CLUSTER"));
+        view.len() == 3
+            && pids.iter().all(|&p| by_pid(&view, p).is_some())
+            && by_pid(&view, b.pid()).is_some_and(|n| n[0].1 == 2 && n[2].1 == 2)
+            && by_pid(&view, c.pid()).is_some_and(|n| n[1].1 >= 1)
+    });
+    assert!(complete, "SHOWSTATS CLUSTER on A: {view:?}");
+    let names: Vec<&String> = view.iter().map(|(n, _)| n).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "nodes in name order");
+
+    // Each node's entry expires 10 s after its last refresh.
+    let c_name = view
+        .iter()
+        .find(|(n, _)| n.ends_with(&format!("-{}", c.pid())))
+        .map(|(n, _)| n.clone())
+        .expect("C");
+    let key = format!("{{meteor}}:nodes:{c_name}");
+    let ttl = redis.cmd(&["PTTL", &key]).int();
+    assert!(ttl > 0 && ttl <= 10_000, "PTTL {key} = {ttl}");
+    assert_eq!(redis.cmd(&["SCARD", "{meteor}:nodes"]).int(), 3);
+
+    // C stops; once its entry expires (made to happen now) A stops listing it.
+    drop(c);
+    assert_eq!(redis.cmd(&["DEL", &key]).int(), 1);
+    let gone = eventually(Duration::from_secs(8), || {
+        view = parse(&ctl.multi("SHOWSTATS CLUSTER"));
+        view.len() == 2
+    });
+    assert!(gone, "C still listed: {view:?}");
+    assert_eq!(redis.cmd(&["SCARD", "{meteor}:nodes"]).int(), 2);
+    assert_eq!(parse(&b.ctl().multi("SHOWSTATS CLUSTER")).len(), 2);
+}
+
+#[test]
+fn password_and_database_in_the_redis_address() {
+    let Some(redis) = Redis::start_with(&["--requirepass", "s3cret"], Some("s3cret")) else {
+        return;
+    };
+    let good = node(&format!("s3cret@127.0.0.1:{}/3", redis.port));
+    wait_link_up(&good, 1);
+    let id = good.ctl().add("ch", "hello");
+    assert_eq!(
+        redis.cmd_db(Some(3), &["GET", "{meteor}:id"]).int(),
+        id as i64
+    );
+    assert_eq!(
+        redis.cmd_db(Some(0), &["EXISTS", "{meteor}:id"]),
+        Resp::Int(0)
+    );
+
+    let bad = node(&format!("wrong@127.0.0.1:{}/3", redis.port));
+    wait_log_count(&bad, "redis link failed", 1, WAIT);
+    assert_eq!(log_count(&bad, ": link up"), 0);
+    assert_eq!(
+        bad.ctl().command("ADDMESSAGE ch nope"),
+        "ERR Backend unavailable"
+    );
+}
+
+#[test]
+fn a_standalone_node_never_touches_redis() {
+    let s = Server::start_test(&["-PingInterval", "0"]);
+    let mut sub = s.subscribe("/push/h/stream/ch", HDR_OK);
+    let mut ctl = s.ctl();
+    assert_eq!(ctl.add("ch", "hello"), 1);
+    sub.expect_str("1:ch:hello\n");
+    assert_eq!(
+        ctl.multi("SHOWSTATS CLUSTER"),
+        "OK\r\nnode standalone current_subscribers=1 current_controllers=1 \
+         channel_count=1 messages_served=1\r\n--EOT--\r\n"
+    );
+    let logs = s.logs().join("\n");
+    assert!(!logs.to_lowercase().contains("redis"), "log:\n{logs}");
+    // Its only connections are the ones accepted from us.
+    #[cfg(target_os = "linux")]
+    for (local, remote) in tcp_connections(s.pid()) {
+        assert!(
+            local == s.sub_addr.port() || local == s.ctl_addr.port(),
+            "standalone node has an outgoing connection {local} -> {remote}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A proxy in front of Redis that can cut a node's links and hold back the
+// replies on its command link, to replay a reconnection step by step.
+// ---------------------------------------------------------------------------
+
+struct Proxy {
+    addr: SocketAddr,
+    /// Replies on command links wait while this is set.
+    hold: Arc<AtomicBool>,
+    /// Every socket of the current connections, to cut them.
+    sockets: Arc<Mutex<Vec<TcpStream>>>,
+    /// Subscribe confirmations passed to pub/sub links.
+    subscribed: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let proxy = Proxy {
+            addr: listener.local_addr().expect("proxy addr"),
+            hold: Arc::new(AtomicBool::new(false)),
+            sockets: Arc::new(Mutex::new(Vec::new())),
+            subscribed: Arc::new(AtomicUsize::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (hold, sockets, subscribed, stop) = (
+            proxy.hold.clone(),
+            proxy.sockets.clone(),
+            proxy.subscribed.clone(),
+            proxy.stop.clone(),
+        );
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let up = SocketAddr::from(([127, 0, 0, 1], upstream));
+                let Ok(server) = TcpStream::connect_timeout(&up, WAIT) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                {
+                    let mut all = sockets.lock().unwrap();
+                    all.push(client.try_clone().expect("clone"));
+                    all.push(server.try_clone().expect("clone"));
+                }
+                // 0: not known yet, 1: command link, 2: pub/sub link.
+                let role = Arc::new(AtomicU8::new(0));
+                let (c2, s2, role2) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                    role.clone(),
+                );
+                thread::spawn(move || pump_up(c2, s2, role2));
+                let (hold, subscribed, stop) = (hold.clone(), subscribed.clone(), stop.clone());
+                thread::spawn(move || pump_down(server, client, role, hold, subscribed, stop));
+            }
+        });
+        proxy
+    }
+
+    /// Breaks every connection through the proxy (the node reconnects).
+    fn cut(&self) {
+        for s in self.sockets.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.hold.store(false, Ordering::SeqCst);
+        self.cut();
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+/// Node to Redis; the first bytes tell which link this is.
+fn pump_up(mut from: TcpStream, mut to: TcpStream, role: Arc<AtomicU8>) {
+    let mut buf = [0u8; 16384];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        if role.load(Ordering::SeqCst) == 0 {
+            let pubsub = find(&buf[..n], b"SUBSCRIBE").is_some_and(|i| i < 16);
+            role.store(if pubsub { 2 } else { 1 }, Ordering::SeqCst);
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+/// Redis to node, holding command-link replies while `hold` is set.
+fn pump_down(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    role: Arc<AtomicU8>,
+    hold: Arc<AtomicBool>,
+    subscribed: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut buf = [0u8; 16384];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        match role.load(Ordering::SeqCst) {
+            1 => {
+                // Bounded: the test releases it, or gives up after 10 s.
+                let until = Instant::now() + Duration::from_secs(10);
+                while hold.load(Ordering::SeqCst)
+                    && !stop.load(Ordering::SeqCst)
+                    && Instant::now() < until
+                {
+                    thread::sleep(Duration::from_millis(2));
+                }
+            }
+            _ => {
+                if find(&buf[..n], b"subscribe").is_some() {
+                    subscribed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+/// A node reconnecting gets its pub/sub link back before its command link
+/// has finished the handshake; events announced in between must not make
+/// it skip the ones published while it was away.
+#[test]
+fn events_announced_during_a_reconnection_do_not_hide_missed_ones() {
+    let redis = redis_or_skip!();
+    let a = node_up(&redis);
+    let proxy = Proxy::start(redis.port);
+    let b = node(&proxy.addr.to_string());
+    wait_link_up(&b, 1);
+    let mut sub = b.subscribe("/push/h/stream/ch", HDR_OK);
+    let mut ctl = a.ctl();
+    let e1 = ctl.add("ch", "e1");
+    assert_eq!(
+        read_events(&mut sub, 1, WAIT),
+        events("ch", &[e1], &["e1".into()])
+    );
+
+    // B loses its links; A goes on publishing.
+    proxy.hold.store(true, Ordering::SeqCst);
+    let subscribed = proxy.subscribed.load(Ordering::SeqCst);
+    proxy.cut();
+    wait_log_count(&b, "link lost", 1, WAIT);
+    let missed = ctl.add_many("ch", &texts("missed", 2));
+    // B is back on pub/sub, its command link is still in its handshake.
+    wait_for("B's pub/sub link resubscribed", WAIT, || {
+        proxy.subscribed.load(Ordering::SeqCst) > subscribed
+    });
+    let e4 = ctl.add("ch", "e4");
+    // Give B the time to read the announcement before the handshake ends.
+    let early = sub.read_for(Duration::from_millis(300));
+    proxy.hold.store(false, Ordering::SeqCst);
+    wait_link_up(&b, 2);
+
+    let mut expected = events("ch", &missed, &texts("missed", 2));
+    expected.push((e4, "ch".into(), "e4".into()));
+    sub.buf.splice(0..0, early);
+    let got = read_events_through(&mut sub, e4, WAIT);
+    assert_eq!(got, expected, "B's subscriber after the reconnection");
+}
+
+// ---------------------------------------------------------------------------
+// A scripted stand-in for Redis, to make it die at an exact point.
+// ---------------------------------------------------------------------------
+
+/// Answers the commands a node sends like an empty Redis would, and lets the
+/// test announce an event on the pub/sub link and drop every link at once.
+struct FakeRedis {
+    addr: SocketAddr,
+    /// (is pub/sub, socket) of every link accepted.
+    links: Arc<Mutex<Vec<(bool, TcpStream)>>>,
+}
+
+impl FakeRedis {
+    fn start() -> FakeRedis {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake redis");
+        let addr = listener.local_addr().expect("addr");
+        let links: Arc<Mutex<Vec<(bool, TcpStream)>>> = Arc::new(Mutex::new(Vec::new()));
+        let shared = links.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { break };
+                let links = shared.clone();
+                thread::spawn(move || fake_redis_link(stream, links));
+            }
+        });
+        FakeRedis { addr, links }
+    }
+
+    /// Sends `payload` as an announced event on every pub/sub link, then
+    /// closes the pub/sub links (`all`: every link, the way a Redis that
+    /// dies right after does).
+    fn announce_and_close(&self, payload: &str, all: bool) {
+        let mut links = self.links.lock().unwrap();
+        let message = format!(
+            "*3\r\n$7\r\nmessage\r\n$15\r\n{{meteor}}:events\r\n${}\r\n{payload}\r\n",
+            payload.len()
+        );
+        for (pubsub, s) in links.iter_mut() {
+            if *pubsub {
+                // One segment carries the message and the close, so that the
+                // node finds both at once, as when Redis is killed.
+                cork(s);
+                s.write_all(message.as_bytes()).expect("announce");
+            }
+        }
+        // Pub/sub first: what Redis wrote before dying is on its way
+        // before any link ends.
+        links.sort_by_key(|(pubsub, _)| !*pubsub);
+        for (pubsub, s) in links.drain(..) {
+            if all || pubsub {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// Holds back small writes (TCP_CORK) until the socket is shut down.
+#[cfg(target_os = "linux")]
+fn cork(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option of its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_CORK");
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cork(_: &TcpStream) {}
+
+fn fake_redis_link(stream: TcpStream, links: Arc<Mutex<Vec<(bool, TcpStream)>>>) {
+    let mut out = stream.try_clone().expect("clone");
+    let mut r = BufReader::new(stream);
+    let mut registered = false;
+    while let Ok(Resp::Array(Some(args))) = read_resp(&mut r) {
+        let args: Vec<String> = args.iter().map(Resp::text).collect();
+        let name = args
+            .first()
+            .map(|a| a.to_ascii_uppercase())
+            .unwrap_or_default();
+        let pubsub = name == "SUBSCRIBE";
+        if !registered && (pubsub || name != "AUTH") {
+            registered = true;
+            let clone = out.try_clone().expect("clone");
+            links.lock().unwrap().push((pubsub, clone));
+        }
+        let reply: Vec<u8> = match name.as_str() {
+            "SUBSCRIBE" => b"*3\r\n$9\r\nsubscribe\r\n$15\r\n{meteor}:events\r\n:1\r\n".to_vec(),
+            "SCRIPT" => format!("$40\r\n{}\r\n", "0".repeat(40)).into_bytes(),
+            // The counter floor, or a publish (id 1).
+            "EVAL" => b":1\r\n".to_vec(),
+            "EVALSHA" if args.get(3).is_some_and(|k| k == "{meteor}:nodes") => b"*0\r\n".to_vec(),
+            "EVALSHA" => b":1\r\n".to_vec(),
+            "XRANGE" | "XREVRANGE" => b"*0\r\n".to_vec(),
+            _ => b"+OK\r\n".to_vec(),
+        };
+        if out.write_all(&reply).is_err() {
+            break;
+        }
+    }
+}
+
+/// The pub/sub link brings an announcement and its end in one segment: the
+/// node applies the announcement before it treats the link as lost.
+#[test]
+fn an_event_announced_as_the_pubsub_link_breaks_is_delivered() {
+    // No redis-server needed: a stand-in answers.
+    let fake = FakeRedis::start();
+    let a = node(&fake.addr.to_string());
+    wait_link_up(&a, 1);
+    let mut sub = a.subscribe("/push/h/stream/ch", HDR_OK);
+    fake.announce_and_close(&format!("7 {} ch last words", now_unix() * 1000), false);
+    wait_log_count(&a, "link lost", 1, WAIT);
+    assert_eq!(
+        read_events(&mut sub, 1, WAIT),
+        vec![(7, "ch".to_string(), "last words".to_string())]
+    );
+}
+
+/// Redis announces an event and dies at once: whichever link the node finds
+/// broken first, the announcement that reached it is delivered.
+#[test]
+fn an_event_announced_just_before_redis_dies_is_delivered() {
+    let fake = FakeRedis::start();
+    let a = node(&fake.addr.to_string());
+    wait_link_up(&a, 1);
+    let mut sub = a.subscribe("/push/h/stream/ch", HDR_OK);
+    fake.announce_and_close(&format!("7 {} ch last words", now_unix() * 1000), true);
+    wait_log_count(&a, "link lost", 1, WAIT);
+    assert_eq!(
+        read_events(&mut sub, 1, WAIT),
+        vec![(7, "ch".to_string(), "last words".to_string())]
+    );
+}
