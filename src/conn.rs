@@ -122,6 +122,17 @@ pub fn read_some(socket: &mut impl Read, buf: &mut [u8]) -> Io {
     }
 }
 
+/// Writes two buffers in one system call (`writev`); either may be empty,
+/// not both.
+pub fn write_pair(socket: &mut impl Write, first: &[u8], second: &[u8]) -> Io {
+    let slices = [io::IoSlice::new(first), io::IoSlice::new(second)];
+    loop {
+        if let Some(io) = classify(socket.write_vectored(&slices)) {
+            return io;
+        }
+    }
+}
+
 /// Writes once from `bytes` (which must not be empty).
 pub fn write_some(socket: &mut impl Write, bytes: &[u8]) -> Io {
     loop {

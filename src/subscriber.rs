@@ -4,7 +4,7 @@
 
 use crate::channel::{Backlog, Channels, Cursor};
 use crate::config::{Config, Mode};
-use crate::conn::{Io, READS_PER_TURN, Reason, WRITE_BUDGET, read_some, write_some};
+use crate::conn::{Io, READS_PER_TURN, Reason, WRITE_BUDGET, read_some, write_pair, write_some};
 use crate::docs::Documents;
 use crate::http::{self, HttpError, Route, RouteLimits};
 use crate::stats::Stats;
@@ -703,7 +703,8 @@ impl Streaming {
         Ok(Some((i, cursor.pos, end)))
     }
 
-    /// Writes pending bytes: header or ping first, then events, within the
+    /// Writes pending bytes, the header or ping first, then events, in one
+    /// system call for both (a long-poll reply is one `writev`), within the
     /// turn's budget.
     fn write(
         &mut self,
@@ -714,57 +715,61 @@ impl Streaming {
     ) -> Step {
         let mut budget = WRITE_BUDGET;
         loop {
-            if self.out_pos < self.out.len() {
-                match write_some(socket, &self.out[self.out_pos..]) {
-                    Io::Progress(n) => {
-                        self.out_pos += n;
-                        stats.total_outbound_bytes += n as u64;
-                        continue;
-                    }
-                    Io::WouldBlock => {
-                        self.blocked_since.get_or_insert(now);
-                        return Step::Wait;
-                    }
-                    Io::Closed => return Step::Close(Reason::RemoteClosed),
-                    Io::Failed(e) => return Step::Close(Reason::Error(e.kind())),
+            let limit_reached = self.limit > 0 && self.events >= self.limit;
+            let chunk = match limit_reached {
+                true => None,
+                false => match self.next_chunk(channels) {
+                    Err(reason) => return Step::Close(reason),
+                    Ok(chunk) => chunk,
+                },
+            };
+            if self.out_pos == self.out.len() {
+                if !self.out.is_empty() {
+                    self.out = Vec::new();
+                    self.out_pos = 0;
+                }
+                match chunk {
+                    _ if limit_reached => return Step::Close(Reason::MaxMessages),
+                    None if self.mode.persist => return Step::Wait,
+                    None => return Step::Close(Reason::ResponseComplete),
+                    Some(_) => {}
                 }
             }
-            if !self.out.is_empty() {
-                self.out = Vec::new();
-                self.out_pos = 0;
-            }
-            if self.limit > 0 && self.events >= self.limit {
-                return Step::Close(Reason::MaxMessages);
-            }
-            let (i, from, to) = match self.next_chunk(channels) {
-                Err(reason) => return Step::Close(reason),
-                Ok(Some(chunk)) => chunk,
-                Ok(None) if self.mode.persist => return Step::Wait,
-                Ok(None) => return Step::Close(Reason::ResponseComplete),
-            };
             if budget == 0 {
                 return Step::Yield;
             }
-            let cursor = &mut self.cursors[i];
-            let Some(stream) = channels
-                .get(cursor.channel)
-                .map(|c| c.stream(cursor.stream))
-            else {
-                return Step::Close(Reason::Error(std::io::ErrorKind::NotFound));
+            let (body, stream) = match chunk {
+                None => (&[][..], None),
+                Some((i, from, to)) => {
+                    let cursor = &self.cursors[i];
+                    let stream = channels
+                        .get(cursor.channel)
+                        .map(|c| c.stream(cursor.stream));
+                    let Some(bytes) = stream.and_then(|s| s.bytes_from(from)) else {
+                        return Step::Close(Reason::SlowConsumer);
+                    };
+                    (
+                        &bytes[..((to - from) as usize).min(budget)],
+                        stream.map(|s| (i, from, s)),
+                    )
+                }
             };
-            let Some(bytes) = stream.bytes_from(from) else {
-                return Step::Close(Reason::SlowConsumer);
-            };
-            let len = ((to - from) as usize).min(budget);
-            match write_some(socket, &bytes[..len]) {
+            let head = &self.out[self.out_pos..];
+            let head_len = head.len();
+            match write_pair(socket, head, body) {
                 Io::Progress(n) => {
-                    cursor.pos += n as u64;
-                    let done = stream.events_completed(from, cursor.pos);
-                    self.events += done;
-                    self.bytes += n as u64;
-                    stats.messages_served += done;
                     stats.total_outbound_bytes += n as u64;
-                    budget -= n;
+                    budget = budget.saturating_sub(n);
+                    let from_head = n.min(head_len);
+                    self.out_pos += from_head;
+                    if let (Some((i, from, stream)), true) = (stream, n > from_head) {
+                        let cursor = &mut self.cursors[i];
+                        cursor.pos += (n - from_head) as u64;
+                        let done = stream.events_completed(from, cursor.pos);
+                        self.events += done;
+                        self.bytes += (n - from_head) as u64;
+                        stats.messages_served += done;
+                    }
                 }
                 Io::WouldBlock => {
                     self.blocked_since.get_or_insert(now);
