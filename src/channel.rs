@@ -196,6 +196,7 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// Messages in the cache (`LISTCHANNELS`, `~messageCount~`).
     pub fn message_count(&self) -> usize {
         self.messages.len()
     }
@@ -218,6 +219,7 @@ impl Channel {
             .unwrap_or(0)
     }
 
+    /// The rendered buffer a cursor reads (`Cursor::stream`).
     pub fn stream(&self, index: usize) -> &Stream {
         &self.streams[index]
     }
@@ -270,10 +272,12 @@ impl Channels {
         }
     }
 
+    /// The channel a cursor points at.
     pub fn get(&self, key: usize) -> Option<&Channel> {
         self.slab.get(key)
     }
 
+    /// A channel by name; None when it does not exist (it is not created).
     pub fn by_name(&self, name: &[u8]) -> Option<&Channel> {
         self.by_name.get(name).and_then(|&k| self.slab.get(k))
     }

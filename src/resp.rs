@@ -1,8 +1,6 @@
 //! RESP, the Redis wire protocol: encoding commands and decoding replies
 //! incrementally from a byte buffer, with bounds on what a reply may hold.
 
-use std::fmt;
-
 /// A decoded reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -28,19 +26,6 @@ impl Value {
         match self {
             Value::Integer(n) => Some(*n),
             other => std::str::from_utf8(other.bytes()?).ok()?.parse().ok(),
-        }
-    }
-}
-
-impl fmt::Display for Value {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Value::Simple(b) | Value::Bulk(b) | Value::Error(b) => {
-                f.write_str(&String::from_utf8_lossy(b))
-            }
-            Value::Integer(n) => write!(f, "{n}"),
-            Value::Nil => f.write_str("(nil)"),
-            Value::Array(items) => write!(f, "[{} items]", items.len()),
         }
     }
 }
