@@ -16,6 +16,16 @@ fn ok_reply(ctype: &str, body: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Asserts that `path` is served as exactly the 200 reply with `body`.
+fn assert_doc(s: &Server, path: &str, ctype: &str, body: &[u8], what: &str) {
+    assert_bytes(&fetch(s, path), &ok_reply(ctype, body), what);
+}
+
+/// Asserts that `path` is exactly the static 404 reply.
+fn assert_404(s: &Server, path: &str) {
+    assert_bytes(&fetch(s, path), document_404().as_bytes(), path);
+}
+
 fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
     assert!(
         got == want,
@@ -54,11 +64,7 @@ fn content_types_follow_the_extension() {
         ("a.txt", "text/plain"),
     ] {
         s.write_doc(name, b"body");
-        assert_bytes(
-            &fetch(&s, &format!("/{name}")),
-            &ok_reply(ctype, b"body"),
-            name,
-        );
+        assert_doc(&s, &format!("/{name}"), ctype, b"body", name);
     }
     for (name, ctype) in [("a.png", "image/png"), ("a.svg", "image/svg+xml")] {
         s.write_doc(name, b"\x89PNG\0\x01");
@@ -87,17 +93,9 @@ fn binary_empty_and_large_files() {
     let s = Server::start_test(&[]);
     let bin: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
     s.write_doc("b.js", &bin);
-    assert_bytes(
-        &fetch(&s, "/b.js"),
-        &ok_reply("text/javascript", &bin),
-        "binary",
-    );
+    assert_doc(&s, "/b.js", "text/javascript", &bin, "binary");
     s.write_doc("empty.html", b"");
-    assert_bytes(
-        &fetch(&s, "/empty.html"),
-        &ok_reply("text/html", b""),
-        "empty",
-    );
+    assert_doc(&s, "/empty.html", "text/html", b"", "empty");
     let big: Vec<u8> = (0..3_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
     s.write_doc("big.txt", &big);
     let got = fetch(&s, "/big.txt");
@@ -125,18 +123,10 @@ fn directory_index_for_directories_with_and_without_slash() {
 fn directory_without_index_is_404() {
     let s = Server::start_test(&[]);
     s.write_doc("noindex/file.txt", b"x");
-    assert_bytes(
-        &fetch(&s, "/noindex"),
-        document_404().as_bytes(),
-        "/noindex",
-    );
-    assert_bytes(
-        &fetch(&s, "/noindex/"),
-        document_404().as_bytes(),
-        "/noindex/",
-    );
+    assert_404(&s, "/noindex");
+    assert_404(&s, "/noindex/");
     // No index in the root either.
-    assert_bytes(&fetch(&s, "/"), document_404().as_bytes(), "/");
+    assert_404(&s, "/");
 }
 
 #[test]
@@ -144,7 +134,7 @@ fn custom_directory_index() {
     let s = Server::start_test(&["-DirectoryIndex", "start.html"]);
     s.write_doc("d/start.html", b"start");
     s.write_doc("d/index.html", b"index");
-    assert_bytes(&fetch(&s, "/d/"), &ok_reply("text/html", b"start"), "/d/");
+    assert_doc(&s, "/d/", "text/html", b"start", "/d/");
 }
 
 #[test]
@@ -174,11 +164,7 @@ fn forbidden_paths_are_404_even_if_the_file_exists() {
     s.write_doc("sub/ok.txt", b"ok");
     s.write_doc("plus+x.txt", b"plus");
     // Sanity: the allowed characters work.
-    assert_bytes(
-        &fetch(&s, "/sub/ok.txt"),
-        &ok_reply("text/plain", b"ok"),
-        "/sub/ok.txt",
-    );
+    assert_doc(&s, "/sub/ok.txt", "text/plain", b"ok", "/sub/ok.txt");
     for p in [
         "/a..b.txt",
         "/pct%20.txt",
@@ -189,7 +175,7 @@ fn forbidden_paths_are_404_even_if_the_file_exists() {
         "/../etc/passwd",
         "/..",
     ] {
-        assert_bytes(&fetch(&s, p), document_404().as_bytes(), p);
+        assert_404(&s, p);
     }
 }
 
@@ -197,23 +183,11 @@ fn forbidden_paths_are_404_even_if_the_file_exists() {
 fn files_are_cached_once_read() {
     let s = Server::start_test(&[]);
     s.write_doc("c.txt", b"one");
-    assert_bytes(
-        &fetch(&s, "/c.txt"),
-        &ok_reply("text/plain", b"one"),
-        "first",
-    );
+    assert_doc(&s, "/c.txt", "text/plain", b"one", "first");
     s.write_doc("c.txt", b"two, longer");
-    assert_bytes(
-        &fetch(&s, "/c.txt"),
-        &ok_reply("text/plain", b"one"),
-        "cached",
-    );
+    assert_doc(&s, "/c.txt", "text/plain", b"one", "cached");
     std::fs::remove_file(s.docroot.join("c.txt")).unwrap();
-    assert_bytes(
-        &fetch(&s, "/c.txt"),
-        &ok_reply("text/plain", b"one"),
-        "removed",
-    );
+    assert_doc(&s, "/c.txt", "text/plain", b"one", "removed");
 }
 
 #[test]

@@ -10,8 +10,8 @@ mod common;
 
 use common::*;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::net::{TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -140,51 +140,6 @@ fn set_linger_zero(stream: &TcpStream) {
 fn reset(c: Conn) {
     set_linger_zero(&c.stream);
     drop(c);
-}
-
-/// A connection whose receive buffer is set as small as the kernel allows
-/// before connecting, so that the server's writes block early.
-fn connect_small_rcvbuf(addr: SocketAddr) -> Conn {
-    let SocketAddr::V4(v4) = addr else {
-        panic!("IPv4 expected: {addr}")
-    };
-    // SAFETY: plain socket calls on a descriptor we own; the structures
-    // are fully initialised and sized for the calls.
-    let stream = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let size: libc::c_int = 1024;
-        let r = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &size as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        assert_eq!(r, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let r = libc::connect(
-            fd,
-            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
-        TcpStream::from_raw_fd(fd)
-    };
-    stream.set_nodelay(true).ok();
-    stream.set_write_timeout(Some(Duration::from_secs(10))).ok();
-    Conn {
-        stream,
-        buf: Vec::new(),
-        closed: false,
-    }
 }
 
 /// Lowers the open-file limit (soft and hard) of another process.
@@ -1029,7 +984,7 @@ fn never_reading_subscriber_is_dropped(extra: &[&str]) {
     let size = 2048;
     let good = s.subscribe("/push/good/stream/flood", HDR_OK);
     let good = reader(good, n);
-    let mut slow = connect_small_rcvbuf(s.sub_addr);
+    let mut slow = connect_small_rcvbuf(s.sub_addr, 1024);
     slow.send(get_request("/push/slow/stream/flood").as_bytes());
     slow.expect_str(HDR_OK);
     assert_eq!(ctl.wait_count("flood", 2, WAIT), 2);
@@ -1089,7 +1044,7 @@ fn subscriber_that_reads_too_slowly_is_dropped_and_never_sees_a_gap() {
     let n = 5000;
     let size = 2048;
     let good = reader(s.subscribe("/push/good/stream/flood", HDR_OK), n);
-    let mut slow = connect_small_rcvbuf(s.sub_addr);
+    let mut slow = connect_small_rcvbuf(s.sub_addr, 1024);
     slow.send(get_request("/push/slow/stream/flood").as_bytes());
     slow.expect_str(HDR_OK);
     // Publish while the slow one reads a little now and then.
@@ -1136,7 +1091,7 @@ fn stalled_subscriber_is_dropped_after_write_timeout() {
     let n = 800;
     let size = 16 * 1024;
     let good = reader(s.subscribe("/push/good/stream/stall", HDR_OK), n);
-    let mut slow = connect_small_rcvbuf(s.sub_addr);
+    let mut slow = connect_small_rcvbuf(s.sub_addr, 1024);
     slow.send(get_request("/push/stalled/stream/stall").as_bytes());
     slow.expect_str(HDR_OK);
     let t0 = Instant::now();

@@ -14,7 +14,6 @@ use common::*;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -94,32 +93,6 @@ fn send_signal(pid: i32, sig: libc::c_int) {
     assert_eq!(r, 0, "kill({pid}, {sig}) failed");
 }
 
-/// Arguments for a server started by hand: loopback, ports 0, no syslog
-/// facility chosen (the caller adds one).
-fn base_args(conf: &Path, docroot: &Path) -> Vec<String> {
-    vec![
-        "-ConfigFileLocation".into(),
-        conf.to_string_lossy().into_owned(),
-        "-SubscriberIP".into(),
-        "127.0.0.1".into(),
-        "-SubscriberPort".into(),
-        "0".into(),
-        "-ControllerPort".into(),
-        "0".into(),
-        "-SubscriberDocumentRoot".into(),
-        docroot.to_string_lossy().into_owned(),
-    ]
-}
-
-fn address_in(line: &str, marker: &str) -> Option<SocketAddr> {
-    let i = line.find(marker)?;
-    line[i + marker.len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// A meteord process started by hand (for syslog, detaching, NOTIFY_SOCKET),
 /// its standard error collected line by line.
 struct Proc {
@@ -129,40 +102,17 @@ struct Proc {
 
 impl Proc {
     fn spawn(args: &[String], env: &[(&str, &str)], cwd: &Path) -> Proc {
-        let mut cmd = Command::new(binary());
-        cmd.args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut cmd = piped_stderr_command(binary(), args, cwd);
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Proc::start(cmd)
+    }
+
+    fn start(mut cmd: Command) -> Proc {
         let mut child = cmd.spawn().expect("spawn meteord");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        {
-            let lines = lines.clone();
-            thread::spawn(move || {
-                let mut r = BufReader::new(stderr);
-                let mut line = Vec::new();
-                while let Ok(n) = r.read_until(b'\n', &mut line) {
-                    if n == 0 {
-                        break;
-                    }
-                    lines.lock().unwrap().push(
-                        String::from_utf8_lossy(&line)
-                            .trim_end_matches(['\r', '\n'])
-                            .to_owned(),
-                    );
-                    line.clear();
-                }
-            });
-        }
-        Proc {
-            child,
-            stderr: lines,
-        }
+        let (stderr, _) = collect_lines(child.stderr.take().unwrap());
+        Proc { child, stderr }
     }
 
     fn pid(&self) -> i32 {
@@ -331,50 +281,6 @@ fn parse_syslog(line: &str) -> Result<SyslogLine, String> {
     })
 }
 
-/// A client socket with a tiny receive buffer, so that a server writing to
-/// it blocks after a few kilobytes whatever the host's TCP autotuning does.
-fn connect_small_rcvbuf(addr: SocketAddr) -> Conn {
-    let SocketAddr::V4(v4) = addr else {
-        panic!("IPv4 expected")
-    };
-    // SAFETY: plain socket calls on a descriptor we own; it is handed to a
-    // TcpStream, which closes it.
-    let stream = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket failed");
-        let size: libc::c_int = 4096;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &size as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(v4.ip().octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        let r = libc::connect(
-            fd,
-            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        assert_eq!(r, 0, "connect failed");
-        TcpStream::from_raw_fd(fd)
-    };
-    stream.set_nodelay(true).ok();
-    stream.set_write_timeout(Some(Duration::from_secs(10))).ok();
-    Conn {
-        stream,
-        buf: Vec::new(),
-        closed: false,
-    }
-}
-
 // ---------------------------------------------------------------------------
 // HTTP on the controller port
 // ---------------------------------------------------------------------------
@@ -525,56 +431,57 @@ fn parse_json(text: &str) -> Json {
                 Err(format!("expected {:?} at {}", c as char, self.i))
             }
         }
+        /// From an opening bracket: items parsed by `item`, separated by
+        /// commas, up to `close`.
+        fn seq(
+            &mut self,
+            close: u8,
+            what: &str,
+            mut item: impl FnMut(&mut Self) -> Result<(), String>,
+        ) -> Result<(), String> {
+            self.i += 1;
+            self.ws();
+            if self.b.get(self.i) == Some(&close) {
+                self.i += 1;
+                return Ok(());
+            }
+            loop {
+                item(self)?;
+                self.ws();
+                match self.b.get(self.i) {
+                    Some(b',') => self.i += 1,
+                    Some(&c) if c == close => {
+                        self.i += 1;
+                        return Ok(());
+                    }
+                    _ => return Err(format!("bad {what} at {}", self.i)),
+                }
+            }
+        }
         fn value(&mut self) -> Result<Json, String> {
             self.ws();
             match self.b.get(self.i) {
                 Some(b'{') => {
-                    self.i += 1;
                     let mut kv = Vec::new();
-                    self.ws();
-                    if self.b.get(self.i) == Some(&b'}') {
-                        self.i += 1;
-                        return Ok(Json::Obj(kv));
-                    }
-                    loop {
-                        self.ws();
-                        let Json::Str(k) = self.string()? else {
+                    self.seq(b'}', "object", |p| {
+                        p.ws();
+                        let Json::Str(k) = p.string()? else {
                             unreachable!()
                         };
-                        self.eat(b':')?;
-                        let v = self.value()?;
+                        p.eat(b':')?;
+                        let v = p.value()?;
                         kv.push((k, v));
-                        self.ws();
-                        match self.b.get(self.i) {
-                            Some(b',') => self.i += 1,
-                            Some(b'}') => {
-                                self.i += 1;
-                                return Ok(Json::Obj(kv));
-                            }
-                            _ => return Err(format!("bad object at {}", self.i)),
-                        }
-                    }
+                        Ok(())
+                    })?;
+                    Ok(Json::Obj(kv))
                 }
                 Some(b'[') => {
-                    self.i += 1;
                     let mut items = Vec::new();
-                    self.ws();
-                    if self.b.get(self.i) == Some(&b']') {
-                        self.i += 1;
-                        return Ok(Json::Arr(items));
-                    }
-                    loop {
-                        items.push(self.value()?);
-                        self.ws();
-                        match self.b.get(self.i) {
-                            Some(b',') => self.i += 1,
-                            Some(b']') => {
-                                self.i += 1;
-                                return Ok(Json::Arr(items));
-                            }
-                            _ => return Err(format!("bad array at {}", self.i)),
-                        }
-                    }
+                    self.seq(b']', "array", |p| {
+                        items.push(p.value()?);
+                        Ok(())
+                    })?;
+                    Ok(Json::Arr(items))
                 }
                 Some(b'"') => self.string(),
                 Some(b't') if self.b[self.i..].starts_with(b"true") => {
@@ -1081,14 +988,8 @@ fn signal_handlers_are_in_place_once_the_server_says_it_listens() {
         let dir = TempDir::new("early-hup");
         let conf = dir.join("c.conf");
         std::fs::write(&conf, TEST_CONF).unwrap();
-        let mut args = base_args(&conf, &dir.path);
-        args.extend(["-SyslogFacility".into(), "none".into()]);
-        let mut child = Command::new(binary())
-            .args(&args)
-            .current_dir(&dir.path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+        let args = std_args(&conf, &dir.path, &[]);
+        let mut child = piped_stderr_command(binary(), &args, &dir.path)
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
@@ -1277,7 +1178,7 @@ fn sigterm_gives_up_after_drain_timeout_with_status_1() {
     let pid_path = tmp.join("p.pid");
     let pid_arg = pid_path.display().to_string();
     let mut s = Server::start(&["-DrainTimeout", "1", "-PidFile", &pid_arg], &conf);
-    let mut stuck = connect_small_rcvbuf(s.sub_addr);
+    let mut stuck = connect_small_rcvbuf(s.sub_addr, 4096);
     stuck.send(get_request("/push/h1/big/a").as_bytes());
     let mut ctl = s.ctl();
     assert_eq!(ctl.wait_count("a", 1, WAIT), 1);
@@ -1317,23 +1218,26 @@ fn sigterm_gives_up_after_drain_timeout_with_status_1() {
 // Logging
 // ===========================================================================
 
+/// [`base_args`] plus syslog with facility local0 over `socket`, then `extra`.
+fn syslog_args(conf: &Path, docroot: &Path, socket: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = base_args(conf, docroot);
+    args.extend([
+        "-SyslogFacility".to_owned(),
+        "local0".to_owned(),
+        "-SyslogSocket".to_owned(),
+        socket.display().to_string(),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// Starts meteord logging to `syslog` with facility local0 in the foreground.
 fn start_syslogged(dir: &TempDir, syslog: &Syslog, conf: &str, extra: &[&str]) -> (Proc, Addrs) {
     let conf_path = dir.join("meteord.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let docroot = dir.join("docroot");
     std::fs::create_dir_all(&docroot).unwrap();
-    let mut args = base_args(&conf_path, &docroot);
-    for a in [
-        "-SyslogFacility",
-        "local0",
-        "-SyslogSocket",
-        &syslog.path.display().to_string(),
-        "-Foreground",
-        "1",
-    ] {
-        args.push(a.to_owned());
-    }
+    let mut args = syslog_args(&conf_path, &docroot, &syslog.path, &["-Foreground", "1"]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let proc = Proc::spawn(&args, &[], &dir.path);
     let addrs = syslog_addrs(syslog);
@@ -1349,11 +1253,11 @@ fn syslog_addrs(syslog: &Syslog) -> Addrs {
     let m = syslog.wait_message("'listening for subscribers'", |m| {
         m.starts_with("listening for subscribers on ")
     });
-    let sub = address_in(&m.message, "listening for subscribers on ").unwrap();
+    let sub = address_after(&m.message, "listening for subscribers on ").unwrap();
     let m = syslog.wait_message("'listening for controllers'", |m| {
         m.starts_with("listening for controllers on ")
     });
-    let ctl = address_in(&m.message, "listening for controllers on ").unwrap();
+    let ctl = address_after(&m.message, "listening for controllers on ").unwrap();
     Addrs { sub, ctl }
 }
 
@@ -1565,17 +1469,12 @@ fn syslog_unreachable_falls_back_to_stderr() {
     let dir = TempDir::new("syslog-missing");
     let conf = dir.join("c.conf");
     std::fs::write(&conf, "").unwrap();
-    let mut args = base_args(&conf, &dir.path);
-    for a in [
-        "-SyslogFacility",
-        "local0",
-        "-SyslogSocket",
-        &dir.join("nobody-listens.sock").display().to_string(),
-        "-Foreground",
-        "1",
-    ] {
-        args.push(a.to_owned());
-    }
+    let args = syslog_args(
+        &conf,
+        &dir.path,
+        &dir.join("nobody-listens.sock"),
+        &["-Foreground", "1"],
+    );
     let p = Proc::spawn(&args, &[], &dir.path);
     p.wait_stderr(WAIT, |l| l.contains("listening for controllers on "))
         .unwrap_or_else(|| panic!("no fallback to standard error: {:?}", p.stderr()));
@@ -1660,22 +1559,12 @@ fn debug_with_a_syslog_facility_logs_to_stderr_in_the_foreground() {
     let syslog = Syslog::bind(dir.join("log.sock"));
     let conf = dir.join("c.conf");
     std::fs::write(&conf, TEST_CONF).unwrap();
-    let mut args = base_args(&conf, &dir.path);
-    for a in [
-        "-SyslogFacility",
-        "local0",
-        "-SyslogSocket",
-        &syslog.path.display().to_string(),
-        "-Debug",
-        "1",
-    ] {
-        args.push(a.to_owned());
-    }
+    let args = syslog_args(&conf, &dir.path, &syslog.path, &["-Debug", "1"]);
     let mut p = Proc::spawn(&args, &[], &dir.path);
     let line = p
         .wait_stderr(WAIT, |l| l.contains("listening for controllers on "))
         .unwrap_or_else(|| panic!("nothing on standard error: {:?}", p.stderr()));
-    let ctl = address_in(&line, "listening for controllers on ").unwrap();
+    let ctl = address_after(&line, "listening for controllers on ").unwrap();
     let mut c = Controller::connect(ctl);
     assert_eq!(c.add("a", "x"), 1);
     assert!(
@@ -1710,31 +1599,8 @@ fn open_file_limit_is_raised_to_the_hard_limit_and_logged() {
         "ulimit -S -n 200 && exec \"$0\" \"$@\"".to_owned(),
         binary().to_owned(),
     ];
-    args.extend(base_args(&conf, &dir.path));
-    args.extend(["-SyslogFacility".into(), "none".into()]);
-    args.extend(["-MaxControllers".into(), "10".into()]);
-    let child = Command::new("sh")
-        .args(&args)
-        .current_dir(&dir.path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut p = Proc {
-        child,
-        stderr: Arc::new(Mutex::new(Vec::new())),
-    };
-    let mut err = p.child.stderr.take().unwrap();
-    let lines = p.stderr.clone();
-    thread::spawn(move || {
-        let mut r = BufReader::new(&mut err);
-        let mut l = String::new();
-        while r.read_line(&mut l).unwrap_or(0) > 0 {
-            lines.lock().unwrap().push(l.trim_end().to_owned());
-            l.clear();
-        }
-    });
+    args.extend(std_args(&conf, &dir.path, &["-MaxControllers", "10"]));
+    let p = Proc::start(piped_stderr_command("sh", &args, &dir.path));
     let line = p
         .wait_stderr(WAIT, |l| l.contains("open-file limit "))
         .unwrap_or_else(|| panic!("no open-file limit line: {:?}", p.stderr()));
@@ -1782,24 +1648,15 @@ fn detaches_writes_a_pid_file_and_sigterm_removes_it() {
     let conf = dir.join("c.conf");
     std::fs::write(&conf, TEST_CONF).unwrap();
     let pid_path = dir.join("meteord.pid");
-    let mut args = base_args(&conf, &dir.path);
-    for a in [
-        "-SyslogFacility",
-        "local0",
-        "-SyslogSocket",
-        &syslog.path.display().to_string(),
-        "-PidFile",
-        &pid_path.display().to_string(),
-    ] {
-        args.push(a.to_owned());
-    }
+    let args = syslog_args(
+        &conf,
+        &dir.path,
+        &syslog.path,
+        &["-PidFile", &pid_path.display().to_string()],
+    );
     let started = Instant::now();
-    let mut parent = Command::new(binary())
-        .args(&args)
-        .current_dir(&dir.path)
-        .stdin(Stdio::null())
+    let mut parent = piped_stderr_command(binary(), &args, &dir.path)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut guard = KillOnDrop(None);
@@ -1910,8 +1767,7 @@ fn notify_test(abstract_name: bool) {
     sock.set_read_timeout(Some(WAIT)).unwrap();
     let conf = dir.join("c.conf");
     std::fs::write(&conf, TEST_CONF).unwrap();
-    let mut args = base_args(&conf, &dir.path);
-    args.extend(["-SyslogFacility".into(), "none".into()]);
+    let args = std_args(&conf, &dir.path, &[]);
     let mut p = Proc::spawn(&args, &[("NOTIFY_SOCKET", &env_value)], &dir.path);
     let mut buf = [0u8; 256];
     let n = sock.recv(&mut buf).expect("no READY=1 datagram");
@@ -1920,7 +1776,7 @@ fn notify_test(abstract_name: bool) {
     let line = p
         .wait_stderr(WAIT, |l| l.contains("listening for controllers on "))
         .expect("no 'listening for controllers'");
-    let ctl = address_in(&line, "listening for controllers on ").unwrap();
+    let ctl = address_after(&line, "listening for controllers on ").unwrap();
     let mut c = Controller::connect(ctl);
     assert_eq!(c.add("a", "x"), 1);
     send_signal(p.pid(), libc::SIGTERM);

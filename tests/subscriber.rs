@@ -6,38 +6,35 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
+/// A mode section with the test message template: `settings` lines, then
+/// `HeaderTemplate <header>\n` and `SubscriberShutdownMsg <shutdown>\n`.
+fn mode(name: &str, settings: &str, header: &str, shutdown: &str) -> String {
+    format!(
+        "[{name}]\n{settings}HeaderTemplate {header}\\n\n\
+         MessageTemplate ~id~:~channel~:~text~\\n\nSubscriberShutdownMsg {shutdown}\\n\n"
+    )
+}
+
 /// TEST_CONF plus a few more modes used here.
 fn conf() -> String {
-    format!(
-        "{TEST_CONF}
-[stream2]
-Persist 1
-HeaderTemplate HDR2 ~status~\\n
-MessageTemplate ~id~:~channel~:~text~\\n
-SubscriberShutdownMsg BYE2\\n
-
-[two]
-Persist 1
-MaxMessages 2
-HeaderTemplate HDR ~status~\\n
-MessageTemplate ~id~:~channel~:~text~\\n
-SubscriberShutdownMsg BYE\\n
-
-[pollmax]
-Persist 0
-MaxMessages 1
-HeaderTemplate HDR ~status~\\n
-MessageTemplate ~id~:~channel~:~text~\\n
-SubscriberShutdownMsg BYE\\n
-
-[info]
-Persist 1
-HeaderTemplate HDR ~status~|~channelinfo~|\\n
-ChannelInfoTemplate [~name~]
-MessageTemplate ~id~:~channel~:~text~\\n
-SubscriberShutdownMsg BYE\\n
-"
-    )
+    [
+        TEST_CONF.to_owned(),
+        mode("stream2", "Persist 1\n", "HDR2 ~status~", "BYE2"),
+        mode("two", "Persist 1\nMaxMessages 2\n", "HDR ~status~", "BYE"),
+        mode(
+            "pollmax",
+            "Persist 0\nMaxMessages 1\n",
+            "HDR ~status~",
+            "BYE",
+        ),
+        mode(
+            "info",
+            "Persist 1\nChannelInfoTemplate [~name~]\n",
+            "HDR ~status~|~channelinfo~|",
+            "BYE",
+        ),
+    ]
+    .join("\n")
 }
 
 fn start() -> Server {

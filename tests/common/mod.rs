@@ -9,6 +9,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,36 +47,37 @@ pub fn document_404() -> String {
     document_head("404 Not Found", "text/html", 0)
 }
 
+/// One mode section of [`TEST_CONF`]: `[name]`, the `settings` lines, then
+/// the test templates, shutdown message and ping message.
+macro_rules! test_mode {
+    ($name:literal, $settings:literal) => {
+        concat!(
+            "[",
+            $name,
+            "]\n",
+            $settings,
+            "HeaderTemplate HDR ~status~\\n\n",
+            "MessageTemplate ~id~:~channel~:~text~\\n\n",
+            "SubscriberShutdownMsg BYE\\n\n",
+            "PingMessage PING\\n\n",
+        )
+    };
+}
+
 /// A configuration with a few modes whose templates are easy to assert on.
 ///
 /// * `stream`: persistent, header `HDR <status>\n`, message `<id>:<channel>:<text>\n`,
 ///   shutdown `BYE\n`, ping `PING\n`.
 /// * `poll`: same templates, `Persist 0`.
 /// * `long`: same templates, `Persist 1`, `MaxMessages 1`.
-pub const TEST_CONF: &str = "\
-# test configuration
-[stream]
-Persist 1
-HeaderTemplate HDR ~status~\\n
-MessageTemplate ~id~:~channel~:~text~\\n
-SubscriberShutdownMsg BYE\\n
-PingMessage PING\\n
-
-[poll]
-Persist 0
-HeaderTemplate HDR ~status~\\n
-MessageTemplate ~id~:~channel~:~text~\\n
-SubscriberShutdownMsg BYE\\n
-PingMessage PING\\n
-
-[long]
-Persist 1
-MaxMessages 1
-HeaderTemplate HDR ~status~\\n
-MessageTemplate ~id~:~channel~:~text~\\n
-SubscriberShutdownMsg BYE\\n
-PingMessage PING\\n
-";
+pub const TEST_CONF: &str = concat!(
+    "# test configuration\n",
+    test_mode!("stream", "Persist 1\n"),
+    "\n",
+    test_mode!("poll", "Persist 0\n"),
+    "\n",
+    test_mode!("long", "Persist 1\nMaxMessages 1\n"),
+);
 
 /// The header the modes of [`TEST_CONF`] send with 200.
 pub const HDR_OK: &str = "HDR 200 OK\n";
@@ -165,7 +167,8 @@ pub struct Server {
     pub dir: TempDir,
 }
 
-fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
+/// The socket address in the word after `marker` in `line`.
+pub fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
     let i = line.find(marker)?;
     let rest = &line[i + marker.len()..];
     let word = rest.split_whitespace().next()?;
@@ -193,52 +196,11 @@ impl Server {
         std::fs::write(&conf_path, conf).expect("write config");
         let docroot = dir.join("docroot");
         std::fs::create_dir_all(&docroot).expect("create docroot");
-        let mut args: Vec<String> = vec![
-            "-ConfigFileLocation".into(),
-            conf_path.to_string_lossy().into_owned(),
-            "-SyslogFacility".into(),
-            "none".into(),
-            "-SubscriberIP".into(),
-            "127.0.0.1".into(),
-            "-SubscriberPort".into(),
-            "0".into(),
-            "-ControllerPort".into(),
-            "0".into(),
-            "-SubscriberDocumentRoot".into(),
-            docroot.to_string_lossy().into_owned(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(binary())
-            .args(&args)
-            .current_dir(&dir.path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+        let args = std_args(&conf_path, &docroot, extra);
+        let mut child = piped_stderr_command(binary(), &args, &dir.path)
             .spawn()
             .map_err(|e| format!("spawn {}: {e}", binary()))?;
-        let stderr = child.stderr.take().expect("stderr piped");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        {
-            let logs = logs.clone();
-            thread::spawn(move || {
-                let mut r = BufReader::new(stderr);
-                let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    match r.read_until(b'\n', &mut line) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let s = String::from_utf8_lossy(&line)
-                                .trim_end_matches(['\r', '\n'])
-                                .to_string();
-                            logs.lock().unwrap().push(s.clone());
-                            let _ = tx.send(s);
-                        }
-                    }
-                }
-            });
-        }
+        let (logs, rx) = collect_lines(child.stderr.take().expect("stderr piped"));
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut sub = None;
         let mut ctl = None;
@@ -424,14 +386,55 @@ pub fn run_meteord(args: &[&str], timeout: Duration) -> RunResult {
     }
 }
 
-/// The standard arguments (ports 0, loopback, syslog none) plus `extra`,
-/// for runs that are expected to exit on their own.
-pub fn std_args(conf: &Path, docroot: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = vec![
+/// A command for `program` with `args`, run in `cwd`, with no standard input,
+/// standard output discarded and standard error piped.
+pub fn piped_stderr_command(program: &str, args: &[String], cwd: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Reads `r` line by line on a thread until it ends: each line, without its
+/// line end, is kept in the returned list and sent to the receiver (which
+/// may be dropped).
+pub fn collect_lines(
+    r: impl Read + Send + 'static,
+) -> (Arc<Mutex<Vec<String>>>, mpsc::Receiver<String>) {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel::<String>();
+    {
+        let lines = lines.clone();
+        thread::spawn(move || {
+            let mut r = BufReader::new(r);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let s = String::from_utf8_lossy(&line)
+                            .trim_end_matches(['\r', '\n'])
+                            .to_string();
+                        lines.lock().unwrap().push(s.clone());
+                        let _ = tx.send(s);
+                    }
+                }
+            }
+        });
+    }
+    (lines, rx)
+}
+
+/// The arguments for a server on loopback with ports 0, `conf` and
+/// `docroot`, and no syslog facility chosen.
+pub fn base_args(conf: &Path, docroot: &Path) -> Vec<String> {
+    vec![
         "-ConfigFileLocation".into(),
         conf.to_string_lossy().into_owned(),
-        "-SyslogFacility".into(),
-        "none".into(),
         "-SubscriberIP".into(),
         "127.0.0.1".into(),
         "-SubscriberPort".into(),
@@ -440,7 +443,14 @@ pub fn std_args(conf: &Path, docroot: &Path, extra: &[&str]) -> Vec<String> {
         "0".into(),
         "-SubscriberDocumentRoot".into(),
         docroot.to_string_lossy().into_owned(),
-    ];
+    ]
+}
+
+/// The standard arguments (ports 0, loopback, syslog none) plus `extra`,
+/// for runs that are expected to exit on their own.
+pub fn std_args(conf: &Path, docroot: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v = base_args(conf, docroot);
+    v.extend(["-SyslogFacility".into(), "none".into()]);
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
@@ -458,7 +468,11 @@ pub struct Conn {
 
 impl Conn {
     pub fn connect(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+        Conn::from_stream(TcpStream::connect_timeout(&addr, WAIT).expect("connect"))
+    }
+
+    /// A connected stream, set up as [`Conn::connect`] does.
+    pub fn from_stream(stream: TcpStream) -> Conn {
         stream.set_nodelay(true).ok();
         stream.set_write_timeout(Some(Duration::from_secs(10))).ok();
         Conn {
@@ -683,6 +697,46 @@ impl Conn {
             .unwrap_or_else(|e| panic!("reading a reply line: {e}"));
         String::from_utf8_lossy(&line[..line.len() - 2]).into_owned()
     }
+}
+
+/// A connection whose receive buffer is set to `rcvbuf` bytes (or as small
+/// as the kernel allows) before connecting, so that a server writing to it
+/// blocks after a few kilobytes whatever the host's TCP autotuning does.
+pub fn connect_small_rcvbuf(addr: SocketAddr, rcvbuf: libc::c_int) -> Conn {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 expected: {addr}")
+    };
+    // SAFETY: plain socket calls on a descriptor we own; the structures
+    // are fully initialised and sized for the calls; the descriptor is
+    // handed to a TcpStream, which closes it.
+    let stream = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let r = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &rcvbuf as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    };
+    Conn::from_stream(stream)
 }
 
 // ---------------------------------------------------------------------------
