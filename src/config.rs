@@ -536,20 +536,37 @@ fn defaults() -> RawSettings {
 /// line (or the default one), and the command line itself.
 pub fn load(command_line: &RawSettings) -> Result<Config, ConfigError> {
     let location_key = key_index("ConfigFileLocation").unwrap_or(0);
-    let location = command_line
-        .get(location_key, None)
-        .unwrap_or(KEYS[location_key].default)
-        .to_owned();
-    let text = std::fs::read(&location).map_err(|e| {
-        error(format!(
-            "cannot read configuration file {location}: {e} (set -ConfigFileLocation)"
-        ))
-    })?;
-    let file = parse_file(&text, &location)?;
+    let named = command_line.get(location_key, None);
+    let location = named.unwrap_or(KEYS[location_key].default).to_owned();
+    let file = match std::fs::read(&location) {
+        Ok(text) => parse_file(&text, &location)?,
+        // Without a file of its own the server runs on defaults and the
+        // command line; a file that was named must be readable.
+        Err(e) if named.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
+            let mut config = Config::from_raw(
+                &raw_with(&RawSettings::default(), command_line),
+                PathBuf::from(&location),
+            )?;
+            config.warnings.push(format!(
+                "no configuration file at {location}: running on the defaults and the command line"
+            ));
+            return Ok(config);
+        }
+        Err(e) => {
+            return Err(error(format!(
+                "cannot read configuration file {location}: {e} (set -ConfigFileLocation)"
+            )));
+        }
+    };
+    Config::from_raw(&raw_with(&file, command_line), PathBuf::from(location))
+}
+
+/// Defaults, overlaid with the file, overlaid with the command line.
+fn raw_with(file: &RawSettings, command_line: &RawSettings) -> RawSettings {
     let mut raw = defaults();
-    raw.merge(&file);
+    raw.merge(file);
     raw.merge(command_line);
-    Config::from_raw(&raw, PathBuf::from(location))
+    raw
 }
 
 /// The `-help` text: every key with its description and default.

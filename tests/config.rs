@@ -378,3 +378,47 @@ fn controller_ip_can_be_set() {
     let mut ctl = s.ctl();
     assert_eq!(ctl.add("a", "x"), 1);
 }
+
+#[test]
+fn missing_default_file_runs_on_defaults_and_says_so() {
+    // Only meaningful where the default file does not exist (as in CI).
+    if std::path::Path::new("/etc/meteord.conf").exists() {
+        eprintln!("SKIP: /etc/meteord.conf exists on this machine");
+        return;
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meteord"))
+        .args(["-SyslogFacility", "none", "-SubscriberIP", "127.0.0.1"])
+        .args(["-SubscriberPort", "0", "-ControllerPort", "0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start meteord");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + RUN;
+    let (mut warned, mut listening) = (false, false);
+    while !(warned && listening) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        warned |= line.contains("no configuration file at /etc/meteord.conf");
+        listening |= line.contains("listening for controllers on 127.0.0.1:");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "the missing default file must be logged");
+    assert!(listening, "the server must run on its defaults");
+}
