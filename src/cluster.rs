@@ -185,8 +185,11 @@ pub enum Received {
 pub enum Completion {
     /// A controller's publish: the id, or None when Redis failed it.
     Published { token: usize, id: Option<u64> },
-    /// These subscribers waited for a channel that is now up to date.
-    Synced(Vec<usize>),
+    /// These subscribers waited for this channel, now up to date.
+    Synced {
+        channel: Box<[u8]>,
+        waiters: Vec<usize>,
+    },
 }
 
 /// The Redis side of a node.
@@ -626,7 +629,10 @@ impl Cluster {
                     // Held from now on, so that events announced before its
                     // readers attach are kept.
                     channels.hold(&channel);
-                    done.push(Completion::Synced(loading.waiters));
+                    done.push(Completion::Synced {
+                        channel,
+                        waiters: loading.waiters,
+                    });
                 }
             }
             Pending::View => {

@@ -687,11 +687,11 @@ impl Server {
                         self.drive_controller(token);
                     }
                 }
-                Completion::Synced(waiters) => {
+                Completion::Synced { channel, waiters } => {
                     for token in waiters {
                         if let Some(Conn::Subscriber(sub)) = self.conns.get_mut(token) {
                             let mut ctx = subscriber_context!(self, token, now);
-                            sub.loaded(&mut ctx);
+                            sub.loaded(&channel, &mut ctx);
                             self.drive_subscriber(token, false);
                         }
                     }

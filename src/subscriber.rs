@@ -450,10 +450,15 @@ impl Subscriber {
 
     /// One of the channels a waiting request needs is loaded; streams once
     /// all are.
-    pub fn loaded(&mut self, ctx: &mut Context) {
+    pub fn loaded(&mut self, channel: &[u8], ctx: &mut Context) {
         let State::Waiting(waiting) = &mut self.state else {
             return;
         };
+        // The token may have been reused by another waiting request since
+        // it asked: only a channel this request names counts.
+        if !waiting.request.defs.iter().any(|d| *d.name == *channel) {
+            return;
+        }
         waiting.outstanding = waiting.outstanding.saturating_sub(1);
         if waiting.outstanding > 0 {
             return;
