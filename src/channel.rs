@@ -3,9 +3,11 @@
 //! read through cursors (byte offsets). Publishing renders an event once per
 //! template, never once per subscriber.
 
+use crate::conn::ConnId;
+use crate::deadline::Deadlines;
 use crate::template::{Placeholder, Template, Value};
 use slab::Slab;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 /// Events a stream keeps for subscribers that are still writing them out,
@@ -185,8 +187,8 @@ pub struct Channel {
     pub name: Box<[u8]>,
     messages: VecDeque<Message>,
     streams: Vec<Stream>,
-    /// Connection tokens of everyone reading this channel.
-    subscribers: Slab<usize>,
+    /// Everyone reading this channel.
+    subscribers: Slab<ConnId>,
     /// Persistent subscribers, the ones `COUNTSUBSCRIBERS` reports.
     pub persistent: usize,
     /// Queued in `Channels::dirty` for the next flush.
@@ -224,9 +226,9 @@ impl Channel {
         &self.streams[index]
     }
 
-    /// Tokens of every connection reading this channel.
-    pub fn subscriber_tokens(&self) -> impl Iterator<Item = usize> + '_ {
-        self.subscribers.iter().map(|(_, &t)| t)
+    /// Every connection reading this channel.
+    pub fn subscribers(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.subscribers.iter().map(|(_, &id)| id)
     }
 
     /// Keeps the streams to what the cache holds plus the floor.
@@ -250,8 +252,8 @@ pub struct Channels {
     slab: Slab<Channel>,
     by_name: HashMap<Box<[u8]>, usize>,
     last_id: u64,
-    /// (expiry time in ms, channel key) of each channel's oldest message.
-    expiries: BTreeSet<(u64, usize)>,
+    /// When each channel's oldest message expires (unix ms), by channel key.
+    expiries: Deadlines<u64, usize>,
     /// Channels published to since the last flush.
     dirty: Vec<usize>,
     pub max_per_channel: usize,
@@ -265,7 +267,7 @@ impl Channels {
             slab: Slab::new(),
             by_name: HashMap::new(),
             last_id: 0,
-            expiries: BTreeSet::new(),
+            expiries: Deadlines::default(),
             dirty: Vec::new(),
             max_per_channel,
             max_age,
@@ -372,28 +374,17 @@ impl Channels {
             (0, _) | (_, None) => None,
             (age, Some(m)) => Some(m.added_ms.saturating_add(age.saturating_mul(1000))),
         };
-        if wanted != channel.expires_ms {
-            if let Some(old) = channel.expires_ms {
-                self.expiries.remove(&(old, key));
-            }
-            if let Some(new) = wanted {
-                self.expiries.insert((new, key));
-            }
-            channel.expires_ms = wanted;
-        }
+        channel.expires_ms = self.expiries.set(key, channel.expires_ms, wanted);
     }
 
     /// When the oldest cached message of any channel expires (unix ms).
     pub fn next_expiry_ms(&self) -> Option<u64> {
-        self.expiries.first().map(|&(ms, _)| ms)
+        self.expiries.next()
     }
 
     /// Drops messages older than `MaxMessageAge`.
     pub fn expire(&mut self, now_ms: u64) {
-        while let Some(&(ms, key)) = self.expiries.first() {
-            if ms > now_ms {
-                break;
-            }
+        while let Some((_, key)) = self.expiries.pop_due(now_ms) {
             let age_ms = self.max_age.saturating_mul(1000);
             if let Some(channel) = self.slab.get_mut(key) {
                 while channel
@@ -405,8 +396,7 @@ impl Channels {
                 }
                 channel.trim_streams();
             }
-            // Always moves the entry on (or removes it), so the loop ends.
-            self.expiries.remove(&(ms, key));
+            // The entry is gone; it comes back only later than now.
             if let Some(channel) = self.slab.get_mut(key) {
                 channel.expires_ms = None;
             }
@@ -450,19 +440,17 @@ impl Channels {
         if unused {
             let channel = self.slab.remove(key);
             self.by_name.remove(&channel.name);
-            if let Some(ms) = channel.expires_ms {
-                self.expiries.remove(&(ms, key));
-            }
+            self.expiries.set(key, channel.expires_ms, None);
         }
     }
 
-    /// Registers connection `token` on a channel (creating it) and returns
+    /// Registers connection `reader` on a channel (creating it) and returns
     /// its cursor, placed at the start of the requested backlog.
     pub fn attach(
         &mut self,
         name: &[u8],
         template: &Rc<Template>,
-        token: usize,
+        reader: ConnId,
         persistent: bool,
         backlog: Backlog,
     ) -> Cursor {
@@ -496,7 +484,7 @@ impl Channels {
         let s = &channel.streams[stream];
         let pos = first_id.map_or(s.head(), |id| s.offset_of_id(id));
         let end = if persistent { u64::MAX } else { s.head() };
-        let slot = channel.subscribers.insert(token);
+        let slot = channel.subscribers.insert(reader);
         if persistent {
             channel.persistent += 1;
         }
@@ -507,6 +495,15 @@ impl Channels {
             pos,
             end,
         }
+    }
+
+    /// The slow-consumer policy, in one place: a reader has lost events
+    /// once its cursor is behind what its channel's stream still holds
+    /// (spec B3). Such a reader is dropped, never sent a gap.
+    pub fn lost_events(&self, cursor: &Cursor) -> bool {
+        self.get(cursor.channel).is_some_and(|c| {
+            cursor.pos < cursor.end && c.stream(cursor.stream).bytes_from(cursor.pos).is_none()
+        })
     }
 
     /// Unregisters a cursor; the channel goes when it has neither messages
@@ -598,15 +595,15 @@ mod tests {
             assert_eq!(ch.publish(b"a", b"x", 0), i + 1);
         }
         ch.publish(b"b", b"x", 0);
-        let all = ch.attach(b"a", &t, 1, true, Backlog::All);
+        let all = ch.attach(b"a", &t, ConnId::new(1, 1), true, Backlog::All);
         assert_eq!(unsent(&ch, &all), b"3;4;5;");
-        let last = ch.attach(b"a", &t, 2, true, Backlog::Last(2));
+        let last = ch.attach(b"a", &t, ConnId::new(2, 2), true, Backlog::Last(2));
         assert_eq!(unsent(&ch, &last), b"4;5;");
-        let from = ch.attach(b"a", &t, 3, true, Backlog::FromId(1));
+        let from = ch.attach(b"a", &t, ConnId::new(3, 3), true, Backlog::FromId(1));
         assert_eq!(unsent(&ch, &from), b"3;4;5;");
-        let above = ch.attach(b"a", &t, 4, true, Backlog::FromId(7));
+        let above = ch.attach(b"a", &t, ConnId::new(4, 4), true, Backlog::FromId(7));
         assert_eq!(unsent(&ch, &above), b"");
-        let none = ch.attach(b"a", &t, 5, false, Backlog::Last(0));
+        let none = ch.attach(b"a", &t, ConnId::new(5, 5), false, Backlog::Last(0));
         assert_eq!(unsent(&ch, &none), b"");
         assert_eq!(ch.by_name(b"a").map(|c| c.persistent), Some(4));
     }
@@ -615,7 +612,7 @@ mod tests {
     fn channels_vanish_when_unused_and_expire() {
         let mut ch = Channels::new(10, 2);
         let t = template();
-        let c = ch.attach(b"poll", &t, 1, false, Backlog::None);
+        let c = ch.attach(b"poll", &t, ConnId::new(1, 1), false, Backlog::None);
         assert_eq!(ch.count(), 1);
         ch.detach(&c, false);
         assert_eq!(ch.count(), 0);
@@ -632,7 +629,7 @@ mod tests {
     fn event_accounting() {
         let mut ch = Channels::new(10, 0);
         let t = template();
-        let c = ch.attach(b"a", &t, 1, true, Backlog::None);
+        let c = ch.attach(b"a", &t, ConnId::new(1, 1), true, Backlog::None);
         for _ in 0..3 {
             ch.publish(b"a", b"x", 0);
         }

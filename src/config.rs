@@ -297,6 +297,39 @@ const KEYS: &[Key] = &[
     },
 ];
 
+/// `RedisAddress`: `[password@]host:port[/db]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub addr: SocketAddr,
+    pub password: Option<Vec<u8>>,
+    pub db: u32,
+}
+
+impl RedisSettings {
+    /// Parses `RedisAddress`; the host is resolved once, here.
+    pub fn parse(value: &str) -> Result<RedisSettings, String> {
+        let (password, rest) = match value.rsplit_once('@') {
+            Some((p, r)) => (Some(p.as_bytes().to_vec()), r),
+            None => (None, value),
+        };
+        let (host, db) = match rest.split_once('/') {
+            Some((h, d)) => (
+                h,
+                d.parse()
+                    .map_err(|_| format!("'{d}' is not a database index"))?,
+            ),
+            None => (rest, 0),
+        };
+        use std::net::ToSocketAddrs;
+        let addr = host
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve '{host}': {e}"))?
+            .next()
+            .ok_or_else(|| format!("'{host}' has no address"))?;
+        Ok(RedisSettings { addr, password, db })
+    }
+}
+
 /// A configuration problem, worded for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -657,7 +690,7 @@ pub struct Config {
     pub controller_password: Option<Vec<u8>>,
     pub limits: Limits,
     /// `RedisAddress`, parsed; None when standalone.
-    pub redis: Option<crate::cluster::RedisSettings>,
+    pub redis: Option<RedisSettings>,
     pub global_mode: Rc<Mode>,
     pub modes: HashMap<String, Rc<Mode>>,
     /// Warnings found while loading (e.g. PingInterval 1), logged by the caller.
@@ -846,8 +879,7 @@ impl Config {
             redis: match r.string("RedisAddress", None)?.trim() {
                 "" => None,
                 value => Some(
-                    crate::cluster::RedisSettings::parse(value)
-                        .map_err(|e| error(format!("RedisAddress: {e}")))?,
+                    RedisSettings::parse(value).map_err(|e| error(format!("RedisAddress: {e}")))?,
                 ),
             },
             limits: Limits {

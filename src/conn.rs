@@ -1,42 +1,37 @@
-//! What every connection shares: the slab entry, why a connection closes,
-//! and socket results folded once into what the state machines act on.
+//! What the loop and every connection kind share: the identity that names a
+//! connection for as long as the process lives, and why a connection closed.
 
-use crate::cluster::RedisConn;
-use crate::controller::Controller;
-use crate::subscriber::Subscriber;
-use mio::net::{TcpListener, UdpSocket, UnixStream};
-use std::io::{self, Read, Write};
+use std::fmt;
+use std::io;
 
-/// Bytes a connection may write in one loop turn before it yields to the
-/// others (Redis's `NET_MAX_WRITES_PER_EVENT`). Four times what one
-/// publisher may bring in per turn (`INPUT_BYTES_PER_TURN`), so a subscriber
-/// that reads as fast as events come is never outrun by the budget alone.
-pub const WRITE_BUDGET: usize = 1024 * 1024;
-/// Command bytes a publisher may have run per turn (at least one command).
-pub const INPUT_BYTES_PER_TURN: usize = 256 * 1024;
-/// Reads a connection may do in one loop turn before it yields.
-pub const READS_PER_TURN: usize = 16;
-/// Commands (or datagrams, or announced events) one connection may run per
-/// loop turn: well under `channel::STREAM_FLOOR_EVENTS`, so a subscriber that
-/// reads as fast as it can is always written to before it could fall behind.
-pub const COMMANDS_PER_TURN: usize = 32;
-/// Size of the loop-wide read buffer every connection reads into.
-pub const SCRATCH_BYTES: usize = 64 * 1024;
+/// Names one connection, never reused while the process lives. The slot is
+/// where the connection sits in the loop's slab (a place, reused as soon as
+/// the connection closes); the serial tells that connection from every other
+/// that ever sat there. Work that finishes later (a Redis reply, a channel
+/// load, a kick, a timer) carries this, and is dropped when the connection
+/// it names is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    slot: usize,
+    serial: u64,
+}
 
-/// One socket of the loop, as stored in the slab.
-pub enum Conn {
-    /// Accepts browsers (subscriber port).
-    SubscriberListener(TcpListener),
-    /// Accepts publishers (controller port).
-    ControllerListener(TcpListener),
-    /// Takes one `ADDMESSAGE` per datagram.
-    Udp(UdpSocket),
-    /// The read end of the signal self-pipe.
-    Signals(UnixStream),
-    Controller(Controller),
-    Subscriber(Subscriber),
-    /// A link to Redis, when this node is one of several.
-    Redis(RedisConn),
+impl ConnId {
+    /// The identity of the connection numbered `serial`, stored at `slot`.
+    pub fn new(slot: usize, serial: u64) -> ConnId {
+        ConnId { slot, serial }
+    }
+
+    /// The slab key (and poll token) of the connection.
+    pub fn slot(self) -> usize {
+        self.slot
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.serial)
+    }
 }
 
 /// Why a connection closed: logged, and part of `leavechannel` records.
@@ -87,57 +82,12 @@ impl Reason {
     }
 }
 
-/// What a read or write did, with `Interrupted` retried inside.
-#[derive(Debug)]
-pub enum Io {
-    Progress(usize),
-    WouldBlock,
-    /// The peer closed (a read of 0 bytes, a reset, a broken pipe).
-    Closed,
-    Failed(io::Error),
-}
-
-fn classify(result: io::Result<usize>) -> Option<Io> {
-    match result {
-        Ok(0) => Some(Io::Closed),
-        Ok(n) => Some(Io::Progress(n)),
-        Err(e) => match e.kind() {
-            io::ErrorKind::Interrupted => None,
-            io::ErrorKind::WouldBlock => Some(Io::WouldBlock),
-            io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof => Some(Io::Closed),
-            _ => Some(Io::Failed(e)),
-        },
-    }
-}
-
-/// Reads once into `buf`.
-pub fn read_some(socket: &mut impl Read, buf: &mut [u8]) -> Io {
-    loop {
-        if let Some(io) = classify(socket.read(buf)) {
-            return io;
-        }
-    }
-}
-
-/// Writes two buffers in one system call (`writev`); either may be empty,
-/// not both.
-pub fn write_pair(socket: &mut impl Write, first: &[u8], second: &[u8]) -> Io {
-    let slices = [io::IoSlice::new(first), io::IoSlice::new(second)];
-    loop {
-        if let Some(io) = classify(socket.write_vectored(&slices)) {
-            return io;
-        }
-    }
-}
-
-/// Writes once from `bytes` (which must not be empty).
-pub fn write_some(socket: &mut impl Write, bytes: &[u8]) -> Io {
-    loop {
-        if let Some(io) = classify(socket.write(bytes)) {
-            return io;
-        }
-    }
+/// What the loop does with a connection after driving it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Wait for a readiness event, new data or a timer.
+    Wait,
+    /// Work is left but the turn's share is used: drive again next turn.
+    Yield,
+    Close(Reason),
 }

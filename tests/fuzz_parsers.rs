@@ -19,8 +19,9 @@
 
 use meteord::channel::Backlog;
 use meteord::config::{self, Action, ConfigError};
-use meteord::controller::{self, Command};
-use meteord::http::{self, ChannelDef, HttpError, Route, RouteLimits};
+use meteord::controller::commands::{self, Command};
+use meteord::http::{self, HttpError};
+use meteord::subscriber::route::{self, ChannelDef, Route, RouteLimits};
 use meteord::template::{Escape, Placeholder, Template, Value};
 use std::fmt;
 use std::io::Write;
@@ -364,7 +365,7 @@ const DEFS: &[&str] = &[
 #[test]
 fn channel_definitions() {
     for def in DEFS {
-        assert!(http::parse_channel_def(def.as_bytes()).is_some(), "{def}");
+        assert!(route::parse_channel_def(def.as_bytes()).is_some(), "{def}");
     }
     let corpus: Vec<&[u8]> = DEFS.iter().map(|d| d.as_bytes()).collect();
     fuzz(
@@ -372,7 +373,7 @@ fn channel_definitions() {
         &corpus,
         b"aZ09_%-.rRbBhHx/ ~",
         |entry| {
-            assert_eq!(http::parse_channel_def(entry), reference_def(entry));
+            assert_eq!(route::parse_channel_def(entry), reference_def(entry));
         },
     );
 }
@@ -390,9 +391,11 @@ fn is_id(s: &str) -> bool {
 fn reference_route(target: &str) -> Route {
     let path = target.split('?').next().unwrap_or_default();
     let segments: Vec<&str> = path.split('/').collect();
+    // Without a channel part (`/push/<hostid>/<mode>`) it is a document.
     if let ["", "push", hostid, mode, defs @ ..] = segments.as_slice()
         && is_id(hostid)
         && is_id(mode)
+        && defs.iter().any(|d| !d.is_empty())
     {
         let mut channels: Vec<ChannelDef> = Vec::new();
         for def in defs.iter().filter_map(|d| reference_def(d.as_bytes())) {
@@ -412,9 +415,15 @@ fn reference_route(target: &str) -> Route {
             channels,
         };
     }
+    // `/disconnect/<hostid>` with a hostid of the grammar; anything else
+    // under `/disconnect/` (no hostid at all) is a document.
     if let Some(hostid) = path.strip_prefix("/disconnect/") {
-        let hostid = hostid.trim_end_matches('/').to_owned();
-        return Route::Disconnect { hostid };
+        let hostid = hostid.trim_end_matches('/');
+        if is_id(hostid) {
+            return Route::Disconnect {
+                hostid: hostid.to_owned(),
+            };
+        }
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || "._/-".contains(c);
     if !path.chars().all(allowed) || path.contains("..") {
@@ -448,7 +457,7 @@ fn routes() {
     let alphabet = b"/pushdisconect.rbhRBH019_%-?&=~ !\\:";
     fuzz("routes", &corpus, alphabet, |bytes| {
         let target = lossy(bytes);
-        let route = http::route(&target, "/push", LIMITS);
+        let route = route::route(&target, "/push", LIMITS);
         assert_eq!(route, reference_route(&target));
         if let Route::Document { path } = &route {
             assert!(!path.contains("..") && !path.starts_with('/') && !path.ends_with('/'));
@@ -467,13 +476,11 @@ fn routes() {
             );
         }
         if !target.contains('?') {
-            let with_query = http::route(&format!("{target}?nc=1/../%"), "/push", LIMITS);
+            let with_query = route::route(&format!("{target}?nc=1/../%"), "/push", LIMITS);
             assert_eq!(with_query, route, "the query string changed the route");
-            // A trailing slash is ignored (but `/disconnect/` is a disconnect).
-            if target != "/disconnect" {
-                let slashed = http::route(&format!("{target}/"), "/push", LIMITS);
-                assert_eq!(slashed, route, "a trailing slash changed the route");
-            }
+            // A trailing slash is ignored.
+            let slashed = route::route(&format!("{target}/"), "/push", LIMITS);
+            assert_eq!(slashed, route, "a trailing slash changed the route");
         }
     });
 }
@@ -539,7 +546,7 @@ fn controller_lines() {
     let corpus: Vec<&[u8]> = LINES.iter().map(|l| l.as_bytes()).collect();
     let alphabet = b"ADDMESSAGE COUNTSUBSCRIBERS LISTCHANNELS\t\r\n~xQUIT";
     fuzz("controller_lines", &corpus, alphabet, |line| {
-        let command = controller::parse(line);
+        let command = commands::parse(line);
         assert_eq!(command, reference_command(line));
         if let Some(Command::AddMessage { channel, text }) = command {
             // The text is the exact suffix after the single separator.
@@ -577,7 +584,7 @@ fn addmessage_keeps_text() {
                 channel: &channel.0,
                 text: &text.0,
             };
-            assert_eq!(controller::parse(&line.0), Some(expected));
+            assert_eq!(commands::parse(&line.0), Some(expected));
         },
     );
 }

@@ -1,14 +1,23 @@
-//! Publisher connections: the controller line protocol (`ADDMESSAGE`,
-//! `COUNTSUBSCRIBERS`, `LISTCHANNELS`, `SHOWSTATS`, `QUIT`) as a small
-//! state machine that reads lines, answers them and closes after flushing.
+//! Publisher connections on the controller port: the line protocol or, when
+//! the first line is an HTTP request line, HTTP; a small state machine that
+//! reads requests, answers them in order and closes after flushing. Every
+//! publish goes through the hub, which answers now or later.
 
-use crate::channel::Channels;
-use crate::cluster::Cluster;
-use crate::conn::{Io, READS_PER_TURN, Reason, read_some, write_some};
-use crate::control_http::Answer;
-use crate::http::{self, HttpError};
+pub mod commands;
+pub mod http;
+pub mod udp;
+
+use crate::config::Config;
+use crate::conn::{ConnId, Reason, Step};
+use crate::http::{HttpError, head_end};
+use crate::hub::{Hub, Publish};
+use crate::info;
+use crate::io::{
+    COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN, Io, READS_PER_TURN, read_some, write_some,
+};
 use crate::stats::Stats;
-use crate::{control_http, info};
+use commands::{Command, parse, same_secret};
+use http::Answer;
 use mio::net::TcpStream;
 use std::collections::VecDeque;
 use std::io::Write;
@@ -16,86 +25,6 @@ use std::net::SocketAddr;
 
 /// Stop reading commands while this many reply bytes wait for the peer.
 const OUT_HIGH_WATER: usize = 1024 * 1024;
-
-/// Compares two secrets in time that depends only on their lengths, so a
-/// wrong guess does not reveal how much of it was right.
-pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    let longest = given.len().max(expected.len());
-    let mut diff = u8::from(given.len() != expected.len());
-    for i in 0..longest {
-        let a = given.get(i).copied().unwrap_or(0);
-        let b = expected.get(i).copied().unwrap_or(0);
-        diff |= a ^ b;
-    }
-    std::hint::black_box(diff) == 0
-}
-
-/// One parsed controller command.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Command<'a> {
-    AddMessage {
-        channel: &'a [u8],
-        text: &'a [u8],
-    },
-    CountSubscribers {
-        channel: &'a [u8],
-    },
-    ListChannels,
-    ShowStats,
-    /// `SHOWSTATS CLUSTER`: every node's counts (several nodes).
-    ShowStatsCluster,
-    Quit,
-    /// `AUTH <password>`: unlocks a connection when `ControllerPassword` is set.
-    Auth {
-        password: &'a [u8],
-    },
-}
-
-fn is_space(b: u8) -> bool {
-    b == b' ' || b == b'\t'
-}
-
-/// Splits off a run of non-whitespace after at least one whitespace byte.
-fn argument(rest: &[u8]) -> Option<(&[u8], &[u8])> {
-    let skip = rest.iter().position(|&b| !is_space(b))?;
-    if skip == 0 {
-        return None;
-    }
-    let rest = &rest[skip..];
-    let end = rest.iter().position(|&b| is_space(b)).unwrap_or(rest.len());
-    Some((&rest[..end], &rest[end..]))
-}
-
-/// Parses one line (without its LF; a CR before it is already dropped).
-pub fn parse(line: &[u8]) -> Option<Command<'_>> {
-    let word_end = line.iter().position(|&b| is_space(b)).unwrap_or(line.len());
-    let (word, rest) = line.split_at(word_end);
-    let only_space = |r: &[u8]| r.iter().all(|&b| is_space(b));
-    match word {
-        b"ADDMESSAGE" => {
-            let (channel, after) = argument(rest)?;
-            // Exactly one separator, then the text byte for byte.
-            let text = after.get(1..)?;
-            Some(Command::AddMessage { channel, text })
-        }
-        b"COUNTSUBSCRIBERS" => {
-            let (channel, after) = argument(rest)?;
-            only_space(after).then_some(Command::CountSubscribers { channel })
-        }
-        b"LISTCHANNELS" if only_space(rest) => Some(Command::ListChannels),
-        b"SHOWSTATS" if only_space(rest) => Some(Command::ShowStats),
-        b"SHOWSTATS" => {
-            let (word, after) = argument(rest)?;
-            (word == b"CLUSTER" && only_space(after)).then_some(Command::ShowStatsCluster)
-        }
-        b"QUIT" if only_space(rest) => Some(Command::Quit),
-        b"AUTH" => {
-            let password = rest.strip_prefix(b" ")?;
-            Some(Command::Auth { password })
-        }
-        _ => None,
-    }
-}
 
 /// Where a controller is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,13 +52,13 @@ pub struct Controller {
     /// Lines answered so far: the first one decides between the line
     /// protocol and HTTP.
     lines: u64,
-    /// Publishes sent to Redis and not yet answered, oldest first.
+    /// Publishes the hub will answer later, oldest first.
     awaiting: VecDeque<Awaiting>,
     /// The peer closed its sending side: answer what is buffered, then close.
     peer_done: bool,
 }
 
-/// A reply owed once Redis has answered a publish.
+/// A reply owed once the hub has answered a publish.
 #[derive(Debug)]
 enum Awaiting {
     /// `OK\t<id>` on the line protocol.
@@ -138,37 +67,28 @@ enum Awaiting {
     Http { cors: String, close: bool },
 }
 
-/// What the loop should do after driving a controller.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Wait for the next readiness event.
-    Wait,
-    /// More input may be waiting: drive again next turn.
-    Yield,
-    Close(Reason),
-}
-
-/// What commands need from the rest of the server.
+/// What publishers need from the rest of the server, borrowed for one call.
 pub struct Context<'a> {
-    pub channels: &'a mut Channels,
+    pub config: &'a Config,
+    pub hub: &'a mut Hub,
     pub stats: &'a mut Stats,
-    pub max_line: usize,
-    pub max_channel_name: usize,
-    /// `ControllerPassword`, when set.
-    pub password: Option<&'a [u8]>,
-    pub allowed_origins: &'a [String],
-    pub head_bytes: usize,
-    pub header_lines: usize,
-    /// The Redis side, when this node is one of several.
-    pub cluster: Option<&'a mut Cluster>,
-    /// This connection's token, for replies that come back later.
-    pub token: usize,
+    /// The loop-wide read buffer.
+    pub scratch: &'a mut [u8],
+    /// The connection being driven, named in publishes answered later.
+    pub id: ConnId,
     /// Commands this connection may still run this turn, so that subscribers
     /// get a write between bursts and are not outrun by one publisher.
     pub commands_left: usize,
     /// Likewise in bytes, for large events.
     pub bytes_left: usize,
     pub now_ms: u64,
+}
+
+impl Context<'_> {
+    /// A fresh turn's budget.
+    pub fn budget() -> (usize, usize) {
+        (COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN)
+    }
 }
 
 impl Controller {
@@ -226,7 +146,7 @@ impl Controller {
 
     /// Reads, answers and writes until the socket would block, the reply
     /// backlog is too large, or the turn's share is used up.
-    pub fn drive(&mut self, ctx: &mut Context, scratch: &mut [u8]) -> Step {
+    pub fn ready(&mut self, ctx: &mut Context) -> Step {
         for _ in 0..READS_PER_TURN {
             if let Err(reason) = self.flush(ctx.stats) {
                 return Step::Close(reason);
@@ -261,14 +181,14 @@ impl Controller {
                 }
                 return Step::Wait;
             }
-            if self.partial.len() > ctx.max_line {
-                // Waiting for Redis to answer before taking more input.
+            if self.partial.len() > ctx.config.limits.controller_line_bytes {
+                // Waiting for the hub to answer before taking more input.
                 return Step::Wait;
             }
-            match read_some(&mut self.socket, scratch) {
+            match read_some(&mut self.socket, ctx.scratch) {
                 Io::Progress(n) => {
                     ctx.stats.total_inbound_bytes += n as u64;
-                    self.partial.extend_from_slice(&scratch[..n]);
+                    self.partial.extend_from_slice(&ctx.scratch[..n]);
                 }
                 Io::WouldBlock => {
                     return match self.flush(ctx.stats) {
@@ -297,7 +217,7 @@ impl Controller {
                 break;
             };
             let line = &input[used..used + nl];
-            if self.lines == 0 && control_http::is_request_line(line) {
+            if self.lines == 0 && http::is_request_line(line) {
                 self.phase = Phase::Http;
                 break;
             }
@@ -317,7 +237,8 @@ impl Controller {
         if !self.reading() {
             return;
         }
-        if input.len() > ctx.max_line && memchr::memchr(b'\n', &input).is_none() {
+        let max_line = ctx.config.limits.controller_line_bytes;
+        if input.len() > max_line && memchr::memchr(b'\n', &input).is_none() {
             self.reply(ctx.stats, b"ERR Line too long\r\n");
             self.phase = Phase::Closing(Reason::LineTooLong);
             return;
@@ -329,9 +250,9 @@ impl Controller {
         }
     }
 
-    /// Answers the oldest publish waiting for Redis (`id` None: it failed),
-    /// then goes on with the requests queued behind it.
-    pub fn published(&mut self, id: Option<u64>, ctx: &mut Context) {
+    /// Answers the oldest publish the hub answered later (`id` None: it
+    /// failed), then goes on with the requests queued behind it.
+    pub fn published(&mut self, ctx: &mut Context, id: Option<u64>) -> Step {
         match (self.awaiting.pop_front(), id) {
             (Some(Awaiting::Line), Some(id)) => {
                 let _ = write!(self.out, "OK\t{id}\r\n");
@@ -342,42 +263,51 @@ impl Controller {
                     ctx.stats.errors_served += 1;
                 }
                 self.out
-                    .extend_from_slice(&control_http::published(id, &cors, close));
+                    .extend_from_slice(&http::published(id, &cors, close));
                 if close {
                     self.phase = Phase::Closing(Reason::ResponseComplete);
                 }
             }
-            (None, _) => return,
+            (None, _) => return Step::Wait,
         }
         if self.awaiting.is_empty() {
             self.process(ctx);
         }
+        self.ready(ctx)
+    }
+
+    /// The close hook: counts and logs.
+    pub fn closed(self, ctx: &mut Context, reason: Reason) {
+        ctx.stats.current_controllers -= 1;
+        info!("{}: controller closed ({})", self.peer, reason.as_str());
     }
 
     /// Answers every complete HTTP request in `partial` (keep-alive and
     /// pipelining work); a request over the bounds is answered and closes.
     fn take_http(&mut self, ctx: &mut Context) {
+        let limits = &ctx.config.limits;
+        let (head_bytes, header_lines) = (limits.head_bytes, limits.header_lines);
+        let max_body = limits.controller_line_bytes;
         while self.phase == Phase::Http && self.awaiting.is_empty() && ctx.commands_left > 0 {
-            let Some(head_len) = http::head_end(&self.partial) else {
-                if self.partial.len() > ctx.head_bytes {
-                    self.fail_http(control_http::error_response(HttpError::HeadTooLarge), ctx);
+            let Some(head_len) = head_end(&self.partial) else {
+                if self.partial.len() > head_bytes {
+                    self.fail_http(http::error_response(HttpError::HeadTooLarge), ctx);
                 }
                 return;
             };
-            if head_len > ctx.head_bytes {
-                return self.fail_http(control_http::error_response(HttpError::HeadTooLarge), ctx);
+            if head_len > head_bytes {
+                return self.fail_http(http::error_response(HttpError::HeadTooLarge), ctx);
             }
-            let request =
-                match control_http::parse_request(&self.partial[..head_len], ctx.header_lines) {
-                    Ok(request) => request,
-                    Err(error) => return self.fail_http(control_http::error_response(error), ctx),
-                };
+            let request = match http::parse_request(&self.partial[..head_len], header_lines) {
+                Ok(request) => request,
+                Err(error) => return self.fail_http(http::error_response(error), ctx),
+            };
             let body_len = request.content_length.unwrap_or(0);
-            if body_len > ctx.max_line {
-                return self.fail_http(control_http::too_large_response(), ctx);
+            if body_len > max_body {
+                return self.fail_http(http::too_large_response(), ctx);
             }
             if request.method == "POST" && request.content_length.is_none() {
-                let error = control_http::error_response(HttpError::LengthRequired);
+                let error = http::error_response(HttpError::LengthRequired);
                 return self.fail_http(error, ctx);
             }
             if self.partial.len() < head_len + body_len {
@@ -390,7 +320,7 @@ impl Controller {
                 ctx.commands_left = 0;
             }
             let body = &self.partial[head_len..head_len + body_len];
-            let close = match control_http::respond(&request, body, ctx) {
+            let close = match http::respond(&request, body, ctx) {
                 Answer::Now(response) => {
                     self.out.extend_from_slice(&response);
                     request.close
@@ -425,7 +355,7 @@ impl Controller {
 
     /// Executes one line and queues its reply.
     fn answer(&mut self, line: &[u8], ctx: &mut Context) {
-        if line.len() > ctx.max_line {
+        if line.len() > ctx.config.limits.controller_line_bytes {
             self.reply(ctx.stats, b"ERR Line too long\r\n");
             self.phase = Phase::Closing(Reason::LineTooLong);
             return;
@@ -433,7 +363,7 @@ impl Controller {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let command = parse(line);
         if self.phase == Phase::Locked {
-            match (command, ctx.password) {
+            match (command, ctx.config.controller_password.as_deref()) {
                 (Some(Command::Auth { password }), Some(expected))
                     if same_secret(password, expected) =>
                 {
@@ -449,36 +379,33 @@ impl Controller {
             }
             return;
         }
+        let channels = &ctx.hub.channels;
         // Writing into a Vec cannot fail.
         match command {
             Some(Command::AddMessage { channel, .. } | Command::CountSubscribers { channel })
-                if channel.len() > ctx.max_channel_name =>
+                if channel.len() > ctx.config.limits.channel_name_length =>
             {
                 self.reply(ctx.stats, b"ERR Channel name too long\r\n");
             }
-            Some(Command::AddMessage { channel, text }) => match ctx.cluster.as_deref_mut() {
-                None => {
-                    let id = ctx.channels.publish(channel, text, ctx.now_ms);
-                    ctx.stats.unique_messages += 1;
-                    let _ = write!(self.out, "OK\t{id}\r\n");
-                }
-                Some(cluster) => {
-                    let max = ctx.channels.max_per_channel;
-                    if cluster.publish(Some(ctx.token), channel, text, ctx.now_ms, max) {
-                        ctx.stats.unique_messages += 1;
-                        self.awaiting.push_back(Awaiting::Line);
-                    } else {
-                        self.reply(ctx.stats, b"ERR Backend unavailable\r\n");
+            Some(Command::AddMessage { channel, text }) => {
+                match ctx
+                    .hub
+                    .publish(ctx.stats, Some(ctx.id), channel, text, ctx.now_ms)
+                {
+                    Publish::Done(id) => {
+                        let _ = write!(self.out, "OK\t{id}\r\n");
                     }
+                    Publish::Pending => self.awaiting.push_back(Awaiting::Line),
+                    Publish::Unavailable => self.reply(ctx.stats, b"ERR Backend unavailable\r\n"),
                 }
-            },
+            }
             Some(Command::CountSubscribers { channel }) => {
-                let n = ctx.channels.by_name(channel).map_or(0, |c| c.persistent);
+                let n = channels.by_name(channel).map_or(0, |c| c.persistent);
                 let _ = write!(self.out, "OK {n}\r\n");
             }
             Some(Command::ListChannels) => {
                 self.out.extend_from_slice(b"OK\r\n");
-                for channel in ctx.channels.sorted() {
+                for channel in channels.sorted() {
                     self.out.extend_from_slice(&channel.name);
                     let _ = write!(
                         self.out,
@@ -495,7 +422,7 @@ impl Controller {
                     self.out,
                     "OK\r\nuptime: {}\r\nchannel_count: {}\r\n",
                     stats.started.elapsed().as_secs(),
-                    ctx.channels.count()
+                    channels.count()
                 );
                 for (name, value) in stats.counters() {
                     let _ = write!(self.out, "{name}: {value}\r\n");
@@ -504,7 +431,7 @@ impl Controller {
             }
             Some(Command::ShowStatsCluster) => {
                 self.out.extend_from_slice(b"OK\r\n");
-                match ctx.cluster.as_deref() {
+                match ctx.hub.cluster() {
                     Some(cluster) => {
                         for (node, counts) in &cluster.view {
                             let _ = write!(self.out, "node {node} {counts}\r\n");
@@ -516,7 +443,7 @@ impl Controller {
                             "node standalone current_subscribers={} current_controllers={} channel_count={} messages_served={}\r\n",
                             ctx.stats.current_subscribers,
                             ctx.stats.current_controllers,
-                            ctx.channels.count(),
+                            channels.count(),
                             ctx.stats.messages_served
                         );
                     }
@@ -531,66 +458,5 @@ impl Controller {
             Some(Command::Auth { .. }) => self.out.extend_from_slice(b"OK\r\n"),
             None => self.reply(ctx.stats, b"ERR Invalid command syntax\r\n"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addmessage_keeps_the_text_byte_for_byte() {
-        assert_eq!(
-            parse(b"ADDMESSAGE \t chan a  b\tc "),
-            Some(Command::AddMessage {
-                channel: b"chan",
-                text: b"a  b\tc "
-            })
-        );
-        assert_eq!(
-            parse(b"ADDMESSAGE chan "),
-            Some(Command::AddMessage {
-                channel: b"chan",
-                text: b""
-            })
-        );
-        assert_eq!(
-            parse(b"ADDMESSAGE chan\t\tx"),
-            Some(Command::AddMessage {
-                channel: b"chan",
-                text: b"\tx"
-            })
-        );
-        assert_eq!(parse(b"ADDMESSAGE chan"), None);
-        assert_eq!(parse(b"ADDMESSAGE"), None);
-        assert_eq!(parse(b"ADDMESSAGEx chan t"), None);
-    }
-
-    #[test]
-    fn other_commands_are_exact() {
-        assert_eq!(
-            parse(b"COUNTSUBSCRIBERS c"),
-            Some(Command::CountSubscribers { channel: b"c" })
-        );
-        assert_eq!(parse(b"COUNTSUBSCRIBERS c d"), None);
-        assert_eq!(parse(b"COUNTSUBSCRIBERS"), None);
-        assert_eq!(parse(b"LISTCHANNELS"), Some(Command::ListChannels));
-        assert_eq!(parse(b"SHOWSTATS"), Some(Command::ShowStats));
-        assert_eq!(parse(b"SHOWSTATSx"), None);
-        assert_eq!(parse(b"SHOWSTATS x"), None);
-        assert_eq!(parse(b"SHOWSTATS CLUSTER"), Some(Command::ShowStatsCluster));
-        assert_eq!(parse(b"showstats"), None);
-        assert_eq!(parse(b"QUIT"), Some(Command::Quit));
-        assert_eq!(
-            parse(b"AUTH s3 cret"),
-            Some(Command::Auth {
-                password: b"s3 cret"
-            })
-        );
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abc", b"abd"));
-        assert!(!same_secret(b"ab", b"abc"));
-        assert!(!same_secret(b"", b"a"));
-        assert_eq!(parse(b""), None);
     }
 }

@@ -7,19 +7,24 @@
 //! so subscribers see neither gaps nor duplicates.
 //!
 //! The two Redis connections (commands, pub/sub) are sockets of the loop
-//! like any other; replies arrive in command order and are matched against
-//! a queue of what each one answers.
+//! like any other (`Link`); the loop opens and closes them when this side
+//! asks. Replies arrive in command order and are matched against a queue of
+//! what each one answers. Work that finishes later names the connection it
+//! is for by `ConnId`.
+
+pub mod link;
+pub mod resp;
 
 use crate::channel::Channels;
-use crate::conn::{COMMANDS_PER_TURN, Conn, Io, SCRATCH_BYTES, read_some, write_some};
-use crate::resp::{self, Value};
+use crate::conn::ConnId;
+use crate::io::{COMMANDS_PER_TURN, SCRATCH_BYTES};
 use crate::{debug, info};
-use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
-use slab::Slab;
+use link::{Link, LinkError, Role};
+use resp::Value;
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+pub use crate::config::RedisSettings;
 
 /// The keys share one hash tag so that a script touches one Redis Cluster slot.
 const ID_KEY: &[u8] = b"{meteor}:id";
@@ -57,54 +62,6 @@ const FLOOR_SCRIPT: &[u8] = b"local cur = tonumber(redis.call('GET', KEYS[1]) or
 if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1";
 
-/// `RedisAddress`: `[password@]host:port[/db]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisSettings {
-    pub addr: SocketAddr,
-    pub password: Option<Vec<u8>>,
-    pub db: u32,
-}
-
-impl RedisSettings {
-    /// Parses `RedisAddress`; the host is resolved once, here.
-    pub fn parse(value: &str) -> Result<RedisSettings, String> {
-        let (password, rest) = match value.rsplit_once('@') {
-            Some((p, r)) => (Some(p.as_bytes().to_vec()), r),
-            None => (None, value),
-        };
-        let (host, db) = match rest.split_once('/') {
-            Some((h, d)) => (
-                h,
-                d.parse()
-                    .map_err(|_| format!("'{d}' is not a database index"))?,
-            ),
-            None => (rest, 0),
-        };
-        use std::net::ToSocketAddrs;
-        let addr = host
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve '{host}': {e}"))?
-            .next()
-            .ok_or_else(|| format!("'{host}' has no address"))?;
-        Ok(RedisSettings { addr, password, db })
-    }
-}
-
-/// Which of the two links a connection is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Command,
-    PubSub,
-}
-
-/// A Redis connection in the slab: the socket and the reply bytes not yet
-/// decoded. What to send lives in `Cluster`, which anyone can queue into.
-pub struct RedisConn {
-    pub socket: TcpStream,
-    pub role: Role,
-    inbuf: Vec<u8>,
-}
-
 /// What the next reply on the command link answers.
 #[derive(Debug)]
 enum Pending {
@@ -115,8 +72,8 @@ enum Pending {
     /// `SCRIPT LOAD` of the publish or the view script.
     PublishSha,
     ViewSha,
-    /// A publish from a controller (token), or from UDP (None).
-    Publish(Option<usize>),
+    /// A publish from a controller, or from UDP (None).
+    Publish(Option<ConnId>),
     /// A channel's history (`XREVRANGE`, newest first) or, after a lost
     /// link, the events after the newest one held (`XRANGE`).
     Load {
@@ -154,14 +111,14 @@ impl Event {
 struct Loading {
     /// Announced while loading: applied after the loaded history.
     events: Vec<Event>,
-    /// Subscriber tokens waiting for this channel.
-    waiters: Vec<usize>,
+    /// Subscribers waiting for this channel.
+    waiters: Vec<ConnId>,
     /// The load command is queued on the current link.
     requested: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Link {
+enum LinkState {
     /// Not connected; reconnect at this time.
     Down(Instant),
     /// Connected, handshakes in flight.
@@ -180,15 +137,15 @@ pub enum Received {
     More,
 }
 
-/// What the loop must do for connections after Redis answered.
+/// Work that finished for a connection after Redis answered.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Completion {
     /// A controller's publish: the id, or None when Redis failed it.
-    Published { token: usize, id: Option<u64> },
+    Published { to: ConnId, id: Option<u64> },
     /// These subscribers waited for this channel, now up to date.
-    Synced {
+    Loaded {
         channel: Box<[u8]>,
-        waiters: Vec<usize>,
+        waiters: Vec<ConnId>,
     },
 }
 
@@ -197,10 +154,10 @@ pub struct Cluster {
     settings: RedisSettings,
     /// This node's name in the cluster view.
     pub node: String,
-    link: Link,
+    state: LinkState,
     backoff: Duration,
-    /// Slab tokens of the connections currently open.
-    tokens: Vec<usize>,
+    /// The links currently open (command, pub/sub).
+    links: Vec<ConnId>,
     commands_out: Vec<u8>,
     pubsub_out: Vec<u8>,
     pending: VecDeque<Pending>,
@@ -226,9 +183,9 @@ impl Cluster {
         Cluster {
             settings,
             node,
-            link: Link::Down(now),
+            state: LinkState::Down(now),
             backoff: BACKOFF_MIN,
-            tokens: Vec::new(),
+            links: Vec::new(),
             commands_out: Vec::new(),
             pubsub_out: Vec::new(),
             pending: VecDeque::new(),
@@ -242,15 +199,15 @@ impl Cluster {
 
     /// Whether publishes can go to Redis now.
     pub fn is_up(&self) -> bool {
-        self.link == Link::Up
+        self.state == LinkState::Up
     }
 
     /// When the loop must call `tick`.
     pub fn deadline(&self) -> Option<Instant> {
-        match self.link {
-            Link::Down(at) => Some(at),
-            Link::Up => Some(self.next_heartbeat),
-            Link::Connecting { .. } => None,
+        match self.state {
+            LinkState::Down(at) => Some(at),
+            LinkState::Up => Some(self.next_heartbeat),
+            LinkState::Connecting { .. } => None,
         }
     }
 
@@ -259,18 +216,12 @@ impl Cluster {
         self.pending.push_back(pending);
     }
 
-    /// Reconnects when due; refreshes the cluster view when due.
-    pub fn tick(
-        &mut self,
-        now: Instant,
-        registry: &Registry,
-        conns: &mut Slab<Conn>,
-        channels: &Channels,
-        stats: &str,
-    ) {
-        match self.link {
-            Link::Down(at) if at <= now => self.connect(now, registry, conns, channels),
-            Link::Up if self.next_heartbeat <= now => {
+    /// Refreshes the cluster view when due; true when the links should
+    /// be opened now (the loop then calls `connected` or `down`).
+    pub fn tick(&mut self, now: Instant, counts: &str) -> bool {
+        match self.state {
+            LinkState::Down(at) => at <= now,
+            LinkState::Up if self.next_heartbeat <= now => {
                 self.next_heartbeat = now + HEARTBEAT;
                 let sha = self.view_sha.clone();
                 let node = self.node.clone();
@@ -280,50 +231,26 @@ impl Cluster {
                     b"1",
                     NODES_KEY,
                     node.as_bytes(),
-                    stats.as_bytes(),
+                    counts.as_bytes(),
                     NODE_TTL_SECS,
                 ];
                 self.command(Pending::View, &args);
+                false
             }
-            _ => {}
+            _ => false,
         }
     }
 
-    fn connect(
-        &mut self,
-        now: Instant,
-        registry: &Registry,
-        conns: &mut Slab<Conn>,
-        channels: &Channels,
-    ) {
-        for role in [Role::Command, Role::PubSub] {
-            let registered = TcpStream::connect(self.settings.addr).and_then(|mut socket| {
-                let _ = socket.set_nodelay(true);
-                let entry = conns.vacant_entry();
-                let token = entry.key();
-                registry.register(
-                    &mut socket,
-                    Token(token),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-                entry.insert(Conn::Redis(RedisConn {
-                    socket,
-                    role,
-                    inbuf: Vec::new(),
-                }));
-                Ok(token)
-            });
-            match registered {
-                Ok(token) => self.tokens.push(token),
-                Err(e) => {
-                    info!("redis {}: cannot connect: {e}", self.settings.addr);
-                    // Nothing is in flight yet, so there is nothing to complete.
-                    let _ = self.down(now, registry, conns);
-                    return;
-                }
-            }
-        }
-        self.link = Link::Connecting {
+    /// Where Redis listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.settings.addr
+    }
+
+    /// The loop opened both links (command first, then pub/sub): queues
+    /// the handshakes, and a back-fill of every channel held.
+    pub fn connected(&mut self, links: [ConnId; 2], channels: &Channels) {
+        self.links = links.to_vec();
+        self.state = LinkState::Connecting {
             commands: false,
             pubsub: false,
         };
@@ -350,45 +277,45 @@ impl Cluster {
     }
 
     /// Drops both links after a failure: publishes in flight fail, loads
-    /// are asked again once reconnected. Returns the completions.
+    /// are asked again once reconnected. Returns the links for the loop to
+    /// close; the failed publishes go to `done`.
     pub fn down(
         &mut self,
         now: Instant,
-        registry: &Registry,
-        conns: &mut Slab<Conn>,
-    ) -> Vec<Completion> {
-        for token in self.tokens.drain(..) {
-            if let Some(Conn::Redis(mut c)) = conns.try_remove(token) {
-                let _ = registry.deregister(&mut c.socket);
+        error: &LinkError,
+        done: &mut Vec<Completion>,
+    ) -> Vec<ConnId> {
+        match error {
+            LinkError::Connect(kind) => {
+                info!("redis {}: cannot connect: {kind}", self.settings.addr)
             }
+            _ => info!("redis link failed: {error}"),
         }
-        if self.link == Link::Up {
+        if self.state == LinkState::Up {
             info!(
                 "redis {}: link lost; publishing fails until it is back",
                 self.settings.addr
             );
         }
-        self.link = Link::Down(now + self.backoff);
+        self.state = LinkState::Down(now + self.backoff);
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         self.commands_out.clear();
         self.pubsub_out.clear();
         for loading in self.loading.values_mut() {
             loading.requested = false;
         }
-        self.pending
-            .drain(..)
-            .filter_map(|p| match p {
-                Pending::Publish(Some(token)) => Some(Completion::Published { token, id: None }),
-                _ => None,
-            })
-            .collect()
+        done.extend(self.pending.drain(..).filter_map(|p| match p {
+            Pending::Publish(Some(to)) => Some(Completion::Published { to, id: None }),
+            _ => None,
+        }));
+        std::mem::take(&mut self.links)
     }
 
     /// Sends a publish to Redis; false when the link is down (the caller
     /// answers with an error at once).
     pub fn publish(
         &mut self,
-        token: Option<usize>,
+        from: Option<ConnId>,
         channel: &[u8],
         text: &[u8],
         now_ms: u64,
@@ -413,25 +340,25 @@ impl Cluster {
             EVENTS,
             channel,
         ];
-        self.command(Pending::Publish(token), &args);
+        self.command(Pending::Publish(from), &args);
         true
     }
 
     /// Whether a channel can be read now: held locally and not loading.
-    /// Otherwise the subscriber `token` is queued until it is.
+    /// Otherwise the subscriber `reader` is queued until it is.
     pub fn ready_or_wait(
         &mut self,
         channel: &[u8],
         channels: &Channels,
-        token: usize,
+        reader: ConnId,
         max_len: usize,
     ) -> bool {
         if !self.loading.contains_key(channel) && channels.by_name(channel).is_some() {
             return true;
         }
         let loading = self.loading.entry(channel.into()).or_default();
-        loading.waiters.push(token);
-        if !loading.requested && self.link == Link::Up {
+        loading.waiters.push(reader);
+        if !loading.requested && self.state == LinkState::Up {
             loading.requested = true;
             self.request_load(channel, None, max_len);
         }
@@ -466,51 +393,35 @@ impl Cluster {
         }
     }
 
-    /// Tokens of the open Redis connections.
-    pub fn tokens(&self) -> Vec<usize> {
-        self.tokens.clone()
-    }
-
-    /// The bytes each link has to send, taken for writing.
-    pub fn outgoing(&mut self, role: Role) -> &mut Vec<u8> {
-        match role {
-            Role::Command => &mut self.commands_out,
-            Role::PubSub => &mut self.pubsub_out,
-        }
+    /// The open links (command, pub/sub).
+    pub fn links(&self) -> &[ConnId] {
+        &self.links
     }
 
     /// Reads and decodes what a link received, then acts on each reply.
-    /// Err means the link failed and must be brought down.
+    /// Err means the link failed and must be brought down; what it had
+    /// received before is applied first (an event announced just before
+    /// the break is not lost).
     pub fn receive(
         &mut self,
-        conn: &mut RedisConn,
+        link: &mut Link,
         scratch: &mut [u8],
         channels: &mut Channels,
-        max_len: usize,
         done: &mut Vec<Completion>,
-    ) -> Result<Received, String> {
-        // Read only while little is buffered: what is left is decoded on
-        // the next turns, `COMMANDS_PER_TURN` announced events at a time.
-        let mut failure = None;
-        while failure.is_none() && conn.inbuf.len() < SCRATCH_BYTES {
-            match read_some(&mut conn.socket, scratch) {
-                Io::Progress(n) => conn.inbuf.extend_from_slice(&scratch[..n]),
-                Io::WouldBlock => break,
-                Io::Closed => failure = Some("connection closed".to_owned()),
-                Io::Failed(e) => failure = Some(e.to_string()),
-            }
-        }
+    ) -> Result<Received, LinkError> {
+        let failure = link.fill(scratch).err();
+        let max_len = channels.max_per_channel;
         let mut used = 0;
         let mut events = 0;
         // After a break, everything received is applied at once.
         while events < COMMANDS_PER_TURN || failure.is_some() {
             let Some((value, n)) =
-                resp::decode(&conn.inbuf[used..]).map_err(|e| e.0.to_string())?
+                resp::decode(&link.inbuf[used..]).map_err(|e| LinkError::Protocol(e.0))?
             else {
                 break;
             };
             used += n;
-            match conn.role {
+            match link.role {
                 Role::Command => self.on_reply(value, channels, max_len, done)?,
                 Role::PubSub => {
                     self.on_pubsub(value, channels, max_len)?;
@@ -518,14 +429,12 @@ impl Cluster {
                 }
             }
         }
-        conn.inbuf.drain(..used);
-        // Replies that arrived before the link broke have been applied (an
-        // event announced just before is not lost); now report the break.
+        link.inbuf.drain(..used);
         if let Some(failure) = failure {
             return Err(failure);
         }
         Ok(
-            if events == COMMANDS_PER_TURN || conn.inbuf.len() >= SCRATCH_BYTES {
+            if events == COMMANDS_PER_TURN || link.inbuf.len() >= SCRATCH_BYTES {
                 Received::More
             } else {
                 Received::All
@@ -534,37 +443,29 @@ impl Cluster {
     }
 
     /// Writes what is queued for a link.
-    pub fn send(&mut self, conn: &mut RedisConn) -> Result<(), String> {
-        let out = self.outgoing(conn.role);
-        let mut sent = 0;
-        while sent < out.len() {
-            match write_some(&mut conn.socket, &out[sent..]) {
-                Io::Progress(n) => sent += n,
-                Io::WouldBlock => break,
-                Io::Closed => return Err("connection closed".into()),
-                Io::Failed(e) => return Err(e.to_string()),
-            }
+    pub fn send(&mut self, link: &mut Link) -> Result<(), LinkError> {
+        match link.role {
+            Role::Command => link.send(&mut self.commands_out),
+            Role::PubSub => link.send(&mut self.pubsub_out),
         }
-        out.drain(..sent);
-        Ok(())
     }
 
     /// The link is up once both handshakes are through: back-fill every
     /// channel held, and load those readers wait for.
     fn link_ready(&mut self, commands: bool, pubsub: bool, channels: &Channels, max_len: usize) {
-        let Link::Connecting {
+        let LinkState::Connecting {
             commands: c,
             pubsub: p,
-        } = self.link
+        } = self.state
         else {
             return;
         };
         let (commands, pubsub) = (c || commands, p || pubsub);
-        self.link = Link::Connecting { commands, pubsub };
+        self.state = LinkState::Connecting { commands, pubsub };
         if !(commands && pubsub) {
             return;
         }
-        self.link = Link::Up;
+        self.state = LinkState::Up;
         self.backoff = BACKOFF_MIN;
         info!("redis {}: link up", self.settings.addr);
         let names: Vec<Box<[u8]>> = self.loading.keys().cloned().collect();
@@ -583,8 +484,8 @@ impl Cluster {
         channels: &mut Channels,
         max_len: usize,
         done: &mut Vec<Completion>,
-    ) -> Result<(), String> {
-        let pending = self.pending.pop_front().ok_or("a reply nobody asked for")?;
+    ) -> Result<(), LinkError> {
+        let pending = self.pending.pop_front().ok_or(LinkError::Unexpected)?;
         if let Value::Error(e) = &value {
             info!(
                 "redis {}: {pending:?} failed: {}",
@@ -594,18 +495,29 @@ impl Cluster {
         }
         match pending {
             Pending::Setup | Pending::Floor if matches!(value, Value::Error(_)) => {
-                return Err("handshake refused".into());
+                return Err(LinkError::HandshakeRefused);
             }
             Pending::Setup => {}
             Pending::Floor => self.link_ready(true, false, channels, max_len),
             Pending::PublishSha => {
-                self.publish_sha = value.bytes().ok_or("SCRIPT LOAD failed")?.to_vec()
+                self.publish_sha = value
+                    .bytes()
+                    .ok_or(LinkError::BadReply("SCRIPT LOAD"))?
+                    .to_vec()
             }
-            Pending::ViewSha => self.view_sha = value.bytes().ok_or("SCRIPT LOAD failed")?.to_vec(),
-            Pending::Publish(token) => {
+            Pending::ViewSha => {
+                self.view_sha = value
+                    .bytes()
+                    .ok_or(LinkError::BadReply("SCRIPT LOAD"))?
+                    .to_vec()
+            }
+            Pending::Publish(from) => {
                 let id = value.integer().and_then(|n| u64::try_from(n).ok());
-                if let Some(token) = token {
-                    done.push(Completion::Published { token, id });
+                if let Some(id) = id {
+                    channels.saw_id(id);
+                }
+                if let Some(to) = from {
+                    done.push(Completion::Published { to, id });
                 }
             }
             Pending::Load {
@@ -613,7 +525,7 @@ impl Cluster {
                 newest_first,
             } => {
                 let Value::Array(mut entries) = value else {
-                    return Err("stream read failed".into());
+                    return Err(LinkError::BadReply("a stream read"));
                 };
                 if newest_first {
                     entries.reverse();
@@ -629,7 +541,7 @@ impl Cluster {
                     // Held from now on, so that events announced before its
                     // readers attach are kept.
                     channels.hold(&channel);
-                    done.push(Completion::Synced {
+                    done.push(Completion::Loaded {
                         channel,
                         waiters: loading.waiters,
                     });
@@ -659,10 +571,12 @@ impl Cluster {
         value: Value,
         channels: &mut Channels,
         max_len: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinkError> {
         let items = match value {
             Value::Array(items) => items,
-            Value::Error(e) => return Err(String::from_utf8_lossy(&e).into_owned()),
+            Value::Error(e) => {
+                return Err(LinkError::Refused(String::from_utf8_lossy(&e).into_owned()));
+            }
             // The answer to AUTH.
             _ => return Ok(()),
         };
@@ -712,16 +626,6 @@ fn stream_event(channel: &[u8], entry: Value) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses() -> Result<(), String> {
-        let s = RedisSettings::parse("pw@127.0.0.1:6380/2")?;
-        assert_eq!(s.addr, SocketAddr::from(([127, 0, 0, 1], 6380)));
-        assert_eq!(s.password, Some(b"pw".to_vec()));
-        assert_eq!(s.db, 2);
-        assert!(RedisSettings::parse("127.0.0.1:1/x").is_err());
-        Ok(())
-    }
 
     #[test]
     fn events_and_entries() {

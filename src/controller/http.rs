@@ -3,8 +3,10 @@
 //! JSON, `GET /metrics` in the Prometheus text format. A connection is
 //! taken for HTTP when its first line is an HTTP request line.
 
-use crate::controller::{Context, same_secret};
+use super::Context;
+use super::commands::same_secret;
 use crate::http::{self, HttpError, cors_lines};
+use crate::hub::Publish;
 use crate::template::Escape;
 use std::fmt::Write as _;
 
@@ -150,7 +152,7 @@ fn respond_now(
     body: &[u8],
     ctx: &mut Context,
 ) -> Result<Vec<u8>, Answer> {
-    let cors = cors_lines(ctx.allowed_origins, request.origin.as_deref());
+    let cors = cors_lines(&ctx.config.allowed_origins, request.origin.as_deref());
     let close = request.close;
     let text = "text/plain; charset=utf-8";
     let json = "application/json";
@@ -161,7 +163,7 @@ fn respond_now(
         );
         return Ok(response("204 No Content", text, "", &extra, close));
     }
-    if let Some(expected) = ctx.password {
+    if let Some(expected) = ctx.config.controller_password.as_deref() {
         let given = request
             .authorization
             .as_deref()
@@ -217,9 +219,9 @@ fn respond_now(
 enum Published {
     /// Done here: (status, content type, body).
     Now((&'static str, &'static str, String)),
-    /// Sent to Redis.
+    /// Answered later by the hub.
     Later,
-    /// Redis is not reachable.
+    /// The backend is not reachable.
     Unavailable,
 }
 
@@ -236,29 +238,31 @@ fn publish(channel: &str, body: &[u8], ctx: &mut Context) -> Published {
             "400 Bad Request: no valid channel name in the path\n".into(),
         ));
     }
-    if channel.len() > ctx.max_channel_name {
+    if channel.len() > ctx.config.limits.channel_name_length {
         return Published::Now((
             "400 Bad Request",
             text,
             "400 Bad Request: channel name too long\n".into(),
         ));
     }
-    if let Some(cluster) = ctx.cluster.as_deref_mut() {
-        let max = ctx.channels.max_per_channel;
-        if !cluster.publish(Some(ctx.token), channel.as_bytes(), body, ctx.now_ms, max) {
-            return Published::Unavailable;
+    match ctx.hub.publish(
+        ctx.stats,
+        Some(ctx.id),
+        channel.as_bytes(),
+        body,
+        ctx.now_ms,
+    ) {
+        Publish::Done(id) => {
+            Published::Now(("200 OK", "application/json", format!("{{\"id\":{id}}}\n")))
         }
-        ctx.stats.unique_messages += 1;
-        return Published::Later;
+        Publish::Pending => Published::Later,
+        Publish::Unavailable => Published::Unavailable,
     }
-    let id = ctx.channels.publish(channel.as_bytes(), body, ctx.now_ms);
-    ctx.stats.unique_messages += 1;
-    Published::Now(("200 OK", "application/json", format!("{{\"id\":{id}}}\n")))
 }
 
 fn channels(ctx: &Context) -> String {
     let mut out = String::from("{\"channels\":[");
-    for (i, channel) in ctx.channels.sorted().into_iter().enumerate() {
+    for (i, channel) in ctx.hub.channels.sorted().into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -281,7 +285,7 @@ fn stats(ctx: &Context) -> String {
     let mut out = format!(
         "{{\"uptime\":{},\"channel_count\":{}",
         s.started.elapsed().as_secs(),
-        ctx.channels.count()
+        ctx.hub.channels.count()
     );
     for (name, value) in s.counters().into_iter().chain(s.extra_counters()) {
         let _ = write!(out, ",\"{name}\":{value}");
@@ -289,8 +293,8 @@ fn stats(ctx: &Context) -> String {
     let _ = writeln!(
         out,
         ",\"events_cached\":{},\"bytes_cached\":{}}}",
-        ctx.channels.cached_events(),
-        ctx.channels.cached_bytes()
+        ctx.hub.channels.cached_events(),
+        ctx.hub.channels.cached_bytes()
     );
     out
 }
@@ -321,7 +325,7 @@ fn metrics(ctx: &Context) -> String {
         "channels",
         "gauge",
         "Channels that exist (channel_count).",
-        &[("", ctx.channels.count() as u64)],
+        &[("", ctx.hub.channels.count() as u64)],
     );
     for (name, value) in s.counters().into_iter().chain(s.extra_counters()) {
         match name.strip_prefix("current_") {
@@ -356,14 +360,14 @@ fn metrics(ctx: &Context) -> String {
         "events_cached",
         "gauge",
         "Messages held in channel caches.",
-        &[("", ctx.channels.cached_events())],
+        &[("", ctx.hub.channels.cached_events())],
     );
     metric(
         &mut out,
         "bytes_cached",
         "gauge",
         "Bytes held by channel caches and their rendered buffers.",
-        &[("", ctx.channels.cached_bytes())],
+        &[("", ctx.hub.channels.cached_bytes())],
     );
     out
 }

@@ -1,0 +1,632 @@
+//! Browser connections on the subscriber port, as a state machine: reading
+//! the request head, waiting for the hub to have the channels asked for,
+//! streaming events from channel buffers through cursors, or sending one
+//! fixed reply before closing.
+
+pub mod documents;
+pub mod route;
+pub mod stream;
+
+use crate::channel::Backlog;
+use crate::config::{Config, Mode};
+use crate::conn::{ConnId, Reason, Step};
+use crate::http::{self, HttpError};
+use crate::hub::Hub;
+use crate::io::{Io, READS_PER_TURN, WRITE_BUDGET, read_some, write_some};
+use crate::stats::Stats;
+use crate::template::{Placeholder, Template, Value};
+use crate::{debug, info};
+use documents::{Document, Documents};
+use mio::net::TcpStream;
+use route::{ChannelDef, Route, RouteLimits};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use stream::{Hosts, Streaming};
+
+/// The program name in `~server~` and `Server:`.
+pub const PROGRAM: &str = "meteord";
+
+/// A subscriber-port connection.
+pub struct Subscriber {
+    pub socket: TcpStream,
+    pub peer: SocketAddr,
+    state: State,
+}
+
+/// What the connection is doing; each state owns exactly its data.
+enum State {
+    /// Reading the request head.
+    Head(Head),
+    /// Waiting until the hub has every channel asked for (channels shared
+    /// with other nodes are loaded first).
+    Loading(Loading),
+    /// Sending events: backlog, then (when persistent) new ones.
+    Streaming(Streaming),
+    /// Sending one fixed response, then closing.
+    Reply(Reply),
+}
+
+/// A request head being received.
+struct Head {
+    buf: Vec<u8>,
+    deadline: Instant,
+}
+
+/// A fixed response (document, error, farewell) being written.
+struct Reply {
+    bytes: Rc<[u8]>,
+    pos: usize,
+    /// Moves on with every write that makes progress: a slow but steady
+    /// reader is never cut off.
+    deadline: Instant,
+    /// Why the connection closes once the reply is out.
+    reason: Reason,
+}
+
+/// What a push request asks for, once routed.
+struct StreamRequest {
+    hostid: String,
+    mode_name: String,
+    mode: Rc<Mode>,
+    user_agent: String,
+    cors: String,
+    defs: Vec<ChannelDef>,
+}
+
+/// A push request waiting for its channels.
+struct Loading {
+    request: StreamRequest,
+    /// Channels not ready yet.
+    outstanding: usize,
+}
+
+/// What subscribers need from the rest of the server, borrowed for one call.
+pub struct Context<'a> {
+    pub config: &'a Config,
+    pub hub: &'a mut Hub,
+    pub stats: &'a mut Stats,
+    pub docs: &'a mut Documents,
+    pub hosts: &'a mut Hosts,
+    /// Other connections to end on the server's initiative, after this call.
+    pub kicks: &'a mut Vec<(ConnId, Reason)>,
+    /// The loop-wide read buffer.
+    pub scratch: &'a mut [u8],
+    /// The connection being driven.
+    pub id: ConnId,
+    pub now: Instant,
+}
+
+/// What one step of the machine produced.
+enum Progress {
+    Step(Step),
+    /// The request head is complete: answer it.
+    HeadComplete,
+    /// The request head broke a bound: answer with this error.
+    Refuse(HttpError),
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Renders a mode's header template with a status, channel info and CORS lines.
+fn header(template: &Template, status: &str, channel_info: &[u8], cors: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + channel_info.len());
+    let now = unix_now();
+    template.render(&mut out, |p| match p {
+        Placeholder::Status => Value::Bytes(status.as_bytes()),
+        Placeholder::Server => Value::Bytes(PROGRAM.as_bytes()),
+        Placeholder::ServerTime => Value::Number(now),
+        Placeholder::ChannelInfo => Value::Bytes(channel_info),
+        Placeholder::Cors => Value::Bytes(cors.as_bytes()),
+        _ => Value::None,
+    });
+    out
+}
+
+/// Answers a connection the server has no room for with a best-effort
+/// `503` (one write, no waiting) and drops it.
+pub fn refuse(mut socket: TcpStream, config: &Config, stats: &mut Stats) {
+    stats.errors_served += 1;
+    let bytes = header(
+        &config.global_mode.header,
+        HttpError::Unavailable.status(),
+        b"",
+        "",
+    );
+    if let Io::Progress(n) = write_some(&mut socket, &bytes) {
+        stats.total_outbound_bytes += n as u64;
+    }
+}
+
+impl Subscriber {
+    pub fn new(socket: TcpStream, peer: SocketAddr, now: Instant, head_timeout: u64) -> Subscriber {
+        Subscriber {
+            socket,
+            peer,
+            state: State::Head(Head {
+                buf: Vec::new(),
+                deadline: now + Duration::from_secs(head_timeout),
+            }),
+        }
+    }
+
+    /// The earliest time this connection needs attention.
+    pub fn deadline(&self, write_timeout: u64) -> Option<Instant> {
+        match &self.state {
+            State::Head(h) => Some(h.deadline),
+            State::Loading(_) => None,
+            State::Reply(r) => Some(r.deadline),
+            State::Streaming(s) => {
+                let stall = s
+                    .blocked_since
+                    .map(|t| t + Duration::from_secs(write_timeout));
+                [s.next_ping, s.ends_at, stall].into_iter().flatten().min()
+            }
+        }
+    }
+
+    /// Drives the connection after readiness or new data until it waits,
+    /// yields or closes; `readable` says whether the socket may have input
+    /// (a flush of new events only writes).
+    pub fn ready(&mut self, ctx: &mut Context, readable: bool, writable: bool) -> Step {
+        if writable && let State::Streaming(s) = &mut self.state {
+            s.blocked_since = None;
+        }
+        let mut readable = readable;
+        loop {
+            match self.advance(ctx, readable) {
+                Progress::Step(step) => return step,
+                Progress::HeadComplete => {
+                    self.start(ctx);
+                    // The head's read took what had arrived; more input (or
+                    // the peer's FIN) raises a new readiness event.
+                    readable = false;
+                }
+                Progress::Refuse(error) => self.fail(ctx, error),
+            }
+        }
+    }
+
+    /// New events were published on one of its channels: writes them, or
+    /// drops a subscriber waiting on its socket that has lost events.
+    pub fn flush(&mut self, ctx: &mut Context) -> Step {
+        match &self.state {
+            State::Streaming(s) if s.blocked_since.is_none() => self.ready(ctx, false, false),
+            State::Streaming(s) if s.lost_events(&ctx.hub.channels) => {
+                Step::Close(Reason::SlowConsumer)
+            }
+            _ => Step::Wait,
+        }
+    }
+
+    /// One step of the machine.
+    fn advance(&mut self, ctx: &mut Context, readable: bool) -> Progress {
+        let stats = &mut *ctx.stats;
+        let step = match &mut self.state {
+            State::Head(head) => {
+                return read_head(&mut self.socket, head, ctx.scratch, ctx.config, stats);
+            }
+            State::Loading(_) => match discard_input(&mut self.socket, ctx.scratch, stats) {
+                Some(reason) if readable => Step::Close(reason),
+                _ => Step::Wait,
+            },
+            State::Reply(reply) => write_reply(&mut self.socket, reply, ctx.config, stats, ctx.now),
+            State::Streaming(s) => {
+                match readable.then(|| discard_input(&mut self.socket, ctx.scratch, stats)) {
+                    // A poll whose client half-closed after its request still
+                    // gets its reply; a stream ends with its client.
+                    Some(Some(Reason::RemoteClosed)) if !s.mode.persist => {}
+                    Some(Some(reason)) => return Progress::Step(Step::Close(reason)),
+                    _ => {}
+                }
+                s.write(&mut self.socket, &ctx.hub.channels, stats, ctx.now)
+            }
+        };
+        Progress::Step(step)
+    }
+
+    /// An error reply (global header with an error status), then close.
+    fn fail(&mut self, ctx: &mut Context, error: HttpError) {
+        ctx.stats.errors_served += 1;
+        let reason = match error {
+            HttpError::Timeout => Reason::HeadTimeout,
+            HttpError::Unavailable => Reason::TooManyConnections,
+            _ => Reason::BadRequest,
+        };
+        let bytes = header(&ctx.config.global_mode.header, error.status(), b"", "");
+        self.reply(bytes.into(), reason, ctx);
+    }
+
+    fn reply(&mut self, bytes: Rc<[u8]>, reason: Reason, ctx: &Context) {
+        self.state = State::Reply(Reply {
+            bytes,
+            pos: 0,
+            deadline: ctx.now + Duration::from_secs(ctx.config.limits.write_timeout),
+            reason,
+        });
+    }
+
+    /// A due timer: the head deadline, `MaxTime`, a stalled write, a ping.
+    pub fn on_timer(&mut self, ctx: &mut Context) -> Step {
+        let now = ctx.now;
+        match &mut self.state {
+            State::Head(h) if h.deadline <= now => {
+                self.fail(ctx, HttpError::Timeout);
+            }
+            State::Reply(r) if r.deadline <= now => return Step::Close(Reason::WriteTimeout),
+            State::Streaming(s) => {
+                if s.ends_at.is_some_and(|t| t <= now) {
+                    return Step::Close(Reason::MaxTime);
+                }
+                let stall = Duration::from_secs(ctx.config.limits.write_timeout);
+                if s.blocked_since.is_some_and(|t| t + stall <= now) {
+                    return Step::Close(Reason::WriteTimeout);
+                }
+                if let Some(at) = s.next_ping.filter(|&t| t <= now) {
+                    let interval = Duration::from_secs(s.mode.ping_interval);
+                    let mut next = at + interval;
+                    while next <= now {
+                        next += interval;
+                    }
+                    s.next_ping = Some(next);
+                    // Only an idle stream needs a ping; one busy writing is alive.
+                    if s.out.is_empty() && s.blocked_since.is_none() {
+                        s.out.extend_from_slice(&s.mode.ping);
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.ready(ctx, false, false)
+    }
+
+    /// Ends the connection on the server's initiative (replaced hostid,
+    /// disconnect request, shutdown): finishes the event being written,
+    /// adds the mode's shutdown message, and closes once sent.
+    pub fn kick(&mut self, ctx: &mut Context, reason: Reason) -> Step {
+        let s = match &self.state {
+            State::Head(_) | State::Loading(_) => return Step::Close(reason),
+            // Already sending its last bytes: let them go.
+            State::Reply(_) => return self.ready(ctx, false, false),
+            State::Streaming(s) => s,
+        };
+        // Unsent header or ping, the rest of a half-written event, goodbye.
+        let channels = &mut ctx.hub.channels;
+        let mut bytes = s.out[s.out_pos..].to_vec();
+        for cursor in &s.cursors {
+            if let Some(channel) = channels.get(cursor.channel) {
+                bytes.extend_from_slice(channel.stream(cursor.stream).event_remainder(cursor.pos));
+            }
+        }
+        if s.mode.persist {
+            bytes.extend_from_slice(&s.mode.shutdown);
+        }
+        s.leave(self.peer, channels, ctx.hosts, ctx.id, reason);
+        if bytes.is_empty() {
+            return Step::Close(reason);
+        }
+        self.reply(bytes.into(), reason, ctx);
+        self.ready(ctx, false, false)
+    }
+
+    /// The close hook: leaves channels and the hostid registry, lets go of
+    /// channels it waited for, counts and logs.
+    pub fn closed(self, ctx: &mut Context, reason: Reason) {
+        match &self.state {
+            State::Streaming(s) => {
+                s.leave(self.peer, &mut ctx.hub.channels, ctx.hosts, ctx.id, reason)
+            }
+            State::Loading(loading) => {
+                for def in &loading.request.defs {
+                    ctx.hub.channels.release(&def.name);
+                }
+            }
+            State::Head(_) | State::Reply(_) => {}
+        }
+        ctx.stats.current_subscribers -= 1;
+        if matches!(reason, Reason::SlowConsumer | Reason::WriteTimeout) {
+            ctx.stats.slow_consumers_dropped += 1;
+            info!(
+                "{}: dropped slow subscriber ({})",
+                self.peer,
+                reason.as_str()
+            );
+        } else if let Reason::Error(kind) = reason {
+            info!("{}: subscriber closed on a socket error: {kind}", self.peer);
+        } else {
+            debug!("{}: subscriber closed ({})", self.peer, reason.as_str());
+        }
+    }
+
+    /// Answers a complete request head: starts streaming, or a reply.
+    fn start(&mut self, ctx: &mut Context) {
+        let State::Head(head) = &mut self.state else {
+            return;
+        };
+        let buf = std::mem::take(&mut head.buf);
+        let request = match http::parse_head(&buf, ctx.config.limits.header_lines) {
+            Ok(request) => request,
+            Err(error) => return self.fail(ctx, error),
+        };
+        debug!("{}: {} {}", self.peer, request.method, request.target);
+        let limits = RouteLimits {
+            channel_name_length: ctx.config.limits.channel_name_length,
+            channels_per_request: ctx.config.limits.channels_per_request,
+        };
+        let route = if request.method == "GET" {
+            route::route(&request.target, &ctx.config.dynamic_page_address, limits)
+        } else {
+            Route::BadDocument
+        };
+        let global = &ctx.config.global_mode;
+        let cors = http::cors_lines(&ctx.config.allowed_origins, request.origin.as_deref());
+        match route {
+            Route::Push {
+                hostid,
+                mode,
+                channels,
+            } => {
+                let mode_settings = Rc::clone(ctx.config.mode(&mode));
+                if channels.is_empty() {
+                    ctx.stats.errors_served += 1;
+                    let bytes = header(&mode_settings.header, "404 Not Found", b"", &cors);
+                    return self.reply(bytes.into(), Reason::NotFound, ctx);
+                }
+                let mut channels = channels;
+                if let Some(last) = request.last_event_id {
+                    for def in &mut channels {
+                        def.backlog = Backlog::FromId(last.saturating_add(1));
+                    }
+                }
+                let request = StreamRequest {
+                    hostid,
+                    mode_name: mode,
+                    mode: mode_settings,
+                    user_agent: request.user_agent,
+                    cors,
+                    defs: channels,
+                };
+                self.stream_when_ready(request, ctx);
+            }
+            Route::Disconnect { hostid } => {
+                if let Some(&other) = ctx.hosts.get(hostid.as_str()) {
+                    ctx.kicks.push((other, Reason::DisconnectRequested));
+                }
+                let bytes = header(&global.header, "200 OK", b"", &cors);
+                self.reply(bytes.into(), Reason::ResponseComplete, ctx);
+            }
+            Route::TooLarge => self.fail(ctx, HttpError::BadRequest),
+            Route::Document { .. } | Route::BadDocument
+                if !ctx.docs.enabled() || request.method != "GET" =>
+            {
+                ctx.stats.errors_served += 1;
+                let bytes = header(&global.header, "404 Not Found", b"", &cors);
+                self.reply(bytes.into(), Reason::NotFound, ctx);
+            }
+            Route::Document { path } => {
+                let doc = ctx.docs.get(&path);
+                self.document(&format!("/{path}"), doc, ctx);
+            }
+            Route::BadDocument => {
+                let doc = ctx.docs.not_found();
+                let path = request.target.split('?').next().unwrap_or_default();
+                self.document(path, doc, ctx);
+            }
+        }
+    }
+
+    fn document(&mut self, path: &str, doc: Document, ctx: &mut Context) {
+        let (status, reason) = if doc.found {
+            ctx.stats.documents_served += 1;
+            (200, Reason::ResponseComplete)
+        } else {
+            ctx.stats.documents_not_found += 1;
+            (404, Reason::NotFound)
+        };
+        info!("document\t{path}\t{}\t{status}", doc.size);
+        self.reply(doc.response, reason, ctx);
+    }
+
+    /// Streams at once, or once the hub has every channel.
+    fn stream_when_ready(&mut self, request: StreamRequest, ctx: &mut Context) {
+        let outstanding = request
+            .defs
+            .iter()
+            .filter(|def| !ctx.hub.ready_or_wait(&def.name, ctx.id))
+            .count();
+        if outstanding == 0 {
+            return self.stream(request, ctx);
+        }
+        self.state = State::Loading(Loading {
+            request,
+            outstanding,
+        });
+    }
+
+    /// The hub has one of the channels a waiting request asked for (this
+    /// connection asked for it: a completion names its connection by an
+    /// identity never reused); streams once all are there.
+    pub fn loaded(&mut self, ctx: &mut Context, channel: &[u8]) -> Step {
+        let State::Loading(loading) = &mut self.state else {
+            return Step::Wait;
+        };
+        if !loading.request.defs.iter().any(|d| *d.name == *channel) {
+            return Step::Wait;
+        }
+        loading.outstanding = loading.outstanding.saturating_sub(1);
+        if loading.outstanding > 0 {
+            return Step::Wait;
+        }
+        let placeholder = State::Head(Head {
+            buf: Vec::new(),
+            deadline: ctx.now,
+        });
+        if let State::Loading(loading) = std::mem::replace(&mut self.state, placeholder) {
+            self.stream(loading.request, ctx);
+        }
+        self.ready(ctx, false, false)
+    }
+
+    fn stream(&mut self, request: StreamRequest, ctx: &mut Context) {
+        let StreamRequest {
+            hostid,
+            mode_name,
+            mode,
+            user_agent,
+            cors,
+            defs,
+        } = request;
+        if mode.persist
+            && let Some(old) = ctx.hosts.insert(hostid.as_str().into(), ctx.id)
+        {
+            ctx.kicks.push((old, Reason::Replaced));
+        }
+        let channels = &mut ctx.hub.channels;
+        // Channel info describes each channel before this subscriber joins.
+        let mut info = Vec::new();
+        for def in &defs {
+            let channel = channels.by_name(&def.name);
+            mode.channel_info.render(&mut info, |p| match p {
+                Placeholder::Name => Value::Bytes(&def.name),
+                Placeholder::LastMsgId => Value::Number(channel.map_or(0, |c| c.last_id())),
+                Placeholder::MessageCount => {
+                    Value::Number(channel.map_or(0, |c| c.message_count() as u64))
+                }
+                Placeholder::SubscriberCount => {
+                    Value::Number(channel.map_or(0, |c| c.persistent as u64))
+                }
+                _ => Value::None,
+            });
+        }
+        let out = header(&mode.header, "200 OK", &info, &cors);
+        let mut cursors = Vec::with_capacity(defs.len());
+        for def in &defs {
+            let start = match def.backlog {
+                Backlog::None => "-".to_owned(),
+                Backlog::FromId(id) => id.to_string(),
+                Backlog::Last(n) => format!("-{n}"),
+                Backlog::All => "0".to_owned(),
+            };
+            info!(
+                "joinchannel\t{}\t{hostid}\t{}\t{mode_name}\t{start}\t{user_agent}",
+                self.peer.ip(),
+                String::from_utf8_lossy(&def.name)
+            );
+            cursors.push(channels.attach(
+                &def.name,
+                &mode.message,
+                ctx.id,
+                mode.persist,
+                def.backlog,
+            ));
+        }
+        let backlog: u64 = cursors
+            .iter()
+            .filter_map(|c| {
+                let stream = channels.get(c.channel)?.stream(c.stream);
+                Some(stream.events_completed(c.pos, stream.head()))
+            })
+            .sum();
+        let limit = match mode.max_messages {
+            0 => 0,
+            max => max.max(backlog),
+        };
+        let secs = |s: u64| (s > 0).then(|| ctx.now + Duration::from_secs(s));
+        self.state = State::Streaming(Streaming {
+            hostid: hostid.into(),
+            next_ping: if mode.persist {
+                secs(mode.ping_interval)
+            } else {
+                None
+            },
+            ends_at: secs(mode.max_time),
+            mode,
+            cursors,
+            out,
+            out_pos: 0,
+            started: ctx.now,
+            blocked_since: None,
+            limit,
+            events: 0,
+            bytes: 0,
+        });
+    }
+}
+
+/// Reads request head bytes; nothing is answered before the head is complete.
+fn read_head(
+    socket: &mut TcpStream,
+    head: &mut Head,
+    scratch: &mut [u8],
+    config: &Config,
+    stats: &mut Stats,
+) -> Progress {
+    let limit = config.limits.head_bytes;
+    for _ in 0..READS_PER_TURN {
+        match read_some(socket, scratch) {
+            Io::Progress(n) => {
+                stats.total_inbound_bytes += n as u64;
+                let room = limit.saturating_sub(head.buf.len());
+                head.buf.extend_from_slice(&scratch[..n.min(room)]);
+                if let Some(end) = http::head_end(&head.buf) {
+                    head.buf.truncate(end);
+                    return Progress::HeadComplete;
+                }
+                if head.buf.len() >= limit {
+                    return Progress::Refuse(HttpError::HeadTooLarge);
+                }
+            }
+            Io::WouldBlock => return Progress::Step(Step::Wait),
+            Io::Closed => return Progress::Step(Step::Close(Reason::RemoteClosed)),
+            Io::Failed(e) => return Progress::Step(Step::Close(Reason::Error(e.kind()))),
+        }
+    }
+    Progress::Step(Step::Yield)
+}
+
+/// Reads and drops what a subscriber sends after its head; notices EOF.
+fn discard_input(socket: &mut TcpStream, scratch: &mut [u8], stats: &mut Stats) -> Option<Reason> {
+    for _ in 0..READS_PER_TURN {
+        match read_some(socket, scratch) {
+            Io::Progress(n) => stats.total_inbound_bytes += n as u64,
+            Io::WouldBlock => return None,
+            Io::Closed => return Some(Reason::RemoteClosed),
+            Io::Failed(e) => return Some(Reason::Error(e.kind())),
+        }
+    }
+    None
+}
+
+/// Writes a fixed reply within the turn's budget; each write that makes
+/// progress moves the reply's deadline on by `WriteTimeout`.
+fn write_reply(
+    socket: &mut TcpStream,
+    reply: &mut Reply,
+    config: &Config,
+    stats: &mut Stats,
+    now: Instant,
+) -> Step {
+    let mut budget = WRITE_BUDGET;
+    while reply.pos < reply.bytes.len() {
+        let end = reply.bytes.len().min(reply.pos + budget);
+        match write_some(socket, &reply.bytes[reply.pos..end]) {
+            Io::Progress(n) => {
+                reply.pos += n;
+                budget -= n;
+                stats.total_outbound_bytes += n as u64;
+                reply.deadline = now + Duration::from_secs(config.limits.write_timeout);
+                if budget == 0 && reply.pos < reply.bytes.len() {
+                    return Step::Yield;
+                }
+            }
+            Io::WouldBlock => return Step::Wait,
+            Io::Closed => return Step::Close(Reason::RemoteClosed),
+            Io::Failed(e) => return Step::Close(Reason::Error(e.kind())),
+        }
+    }
+    Step::Close(reply.reason)
+}

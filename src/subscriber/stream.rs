@@ -1,0 +1,195 @@
+//! A subscriber reading channels: its cursors into the channels' shared
+//! buffers, and the writer that sends from those buffers straight to the
+//! socket, several channels interleaved in id order.
+
+use crate::channel::{Channels, Cursor};
+use crate::config::Mode;
+use crate::conn::{ConnId, Reason, Step};
+use crate::info;
+use crate::io::{Io, WRITE_BUDGET, write_pair};
+use crate::stats::Stats;
+use mio::net::TcpStream;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Persistent subscribers by hostid: a new request with the same hostid
+/// replaces the one registered.
+pub type Hosts = HashMap<Box<str>, ConnId>;
+
+/// A subscriber reading channels.
+pub struct Streaming {
+    pub hostid: Box<str>,
+    pub mode: Rc<Mode>,
+    pub cursors: Vec<Cursor>,
+    /// Header or ping bytes to send before more events; empty when idle.
+    pub out: Vec<u8>,
+    pub out_pos: usize,
+    pub started: Instant,
+    pub next_ping: Option<Instant>,
+    pub ends_at: Option<Instant>,
+    /// Set while the socket would block with bytes still to send.
+    pub blocked_since: Option<Instant>,
+    /// Close after this many events (0: never): `MaxMessages`, raised to
+    /// the backlog's size since a backlog is always sent whole.
+    pub limit: u64,
+    pub events: u64,
+    pub bytes: u64,
+}
+
+/// The next run of bytes to send from one cursor.
+struct Chunk<'a> {
+    cursor: usize,
+    from: u64,
+    bytes: &'a [u8],
+}
+
+impl Streaming {
+    /// Leaves every channel and the hostid registry, logging a
+    /// `leavechannel` record per channel. Called once, as streaming ends.
+    pub fn leave(
+        &self,
+        peer: SocketAddr,
+        channels: &mut Channels,
+        hosts: &mut Hosts,
+        id: ConnId,
+        reason: Reason,
+    ) {
+        let seconds = self.started.elapsed().as_secs();
+        for cursor in &self.cursors {
+            if let Some(channel) = channels.get(cursor.channel) {
+                info!(
+                    "leavechannel\t{}\t{}\t{}\t{seconds}\t{}\t{}\t{}",
+                    peer.ip(),
+                    self.hostid,
+                    String::from_utf8_lossy(&channel.name),
+                    self.events,
+                    self.bytes,
+                    reason.as_str()
+                );
+            }
+            channels.detach(cursor, self.mode.persist);
+        }
+        if self.mode.persist && hosts.get(&self.hostid) == Some(&id) {
+            hosts.remove(&self.hostid);
+        }
+    }
+
+    /// Whether a cursor fell behind what its channel still holds.
+    pub fn lost_events(&self, channels: &Channels) -> bool {
+        self.cursors.iter().any(|c| channels.lost_events(c))
+    }
+
+    /// The next run of bytes to send. Picks the channel whose next event
+    /// has the lowest id, and stops before any other channel's next event,
+    /// so several channels interleave in id order.
+    fn next_chunk<'a>(&self, channels: &'a Channels) -> Option<Chunk<'a>> {
+        let mut best: Option<(u64, usize)> = None;
+        let mut second = u64::MAX;
+        for (i, cursor) in self.cursors.iter().enumerate() {
+            let Some(channel) = channels.get(cursor.channel) else {
+                continue;
+            };
+            let stream = channel.stream(cursor.stream);
+            if cursor.pos >= cursor.end.min(stream.head()) {
+                continue;
+            }
+            let id = stream.id_at(cursor.pos).unwrap_or(u64::MAX);
+            match best {
+                Some((best_id, _)) if best_id <= id => second = second.min(id),
+                _ => {
+                    if let Some((best_id, _)) = best {
+                        second = second.min(best_id);
+                    }
+                    best = Some((id, i));
+                }
+            }
+        }
+        let (_, i) = best?;
+        let cursor = &self.cursors[i];
+        let stream = channels.get(cursor.channel)?.stream(cursor.stream);
+        let mut end = cursor.end.min(stream.head());
+        if second != u64::MAX {
+            end = end.min(stream.end_of_ids_up_to(second - 1));
+        }
+        if self.limit > 0 {
+            let left = self.limit.saturating_sub(self.events);
+            end = end.min(stream.after_events(cursor.pos, left));
+        }
+        let bytes = stream.bytes_from(cursor.pos)?;
+        Some(Chunk {
+            cursor: i,
+            from: cursor.pos,
+            bytes: &bytes[..(end - cursor.pos) as usize],
+        })
+    }
+
+    /// Writes pending bytes, the header or ping first, then events, in one
+    /// system call for both (a long-poll reply is one `writev`), within the
+    /// turn's budget.
+    pub fn write(
+        &mut self,
+        socket: &mut TcpStream,
+        channels: &Channels,
+        stats: &mut Stats,
+        now: Instant,
+    ) -> Step {
+        let mut budget = WRITE_BUDGET;
+        loop {
+            if self.lost_events(channels) {
+                return Step::Close(Reason::SlowConsumer);
+            }
+            let limit_reached = self.limit > 0 && self.events >= self.limit;
+            let chunk = match limit_reached {
+                true => None,
+                false => self.next_chunk(channels),
+            };
+            if self.out_pos == self.out.len() {
+                if !self.out.is_empty() {
+                    self.out = Vec::new();
+                    self.out_pos = 0;
+                }
+                match chunk {
+                    _ if limit_reached => return Step::Close(Reason::MaxMessages),
+                    None if self.mode.persist => return Step::Wait,
+                    None => return Step::Close(Reason::ResponseComplete),
+                    Some(_) => {}
+                }
+            }
+            if budget == 0 {
+                return Step::Yield;
+            }
+            let body = chunk
+                .as_ref()
+                .map_or(&[][..], |c| &c.bytes[..c.bytes.len().min(budget)]);
+            let head = &self.out[self.out_pos..];
+            let head_len = head.len();
+            match write_pair(socket, head, body) {
+                Io::Progress(n) => {
+                    stats.total_outbound_bytes += n as u64;
+                    budget = budget.saturating_sub(n);
+                    let from_head = n.min(head_len);
+                    self.out_pos += from_head;
+                    if let (Some(chunk), true) = (chunk, n > from_head) {
+                        let cursor = &mut self.cursors[chunk.cursor];
+                        cursor.pos += (n - from_head) as u64;
+                        let done = channels.get(cursor.channel).map_or(0, |c| {
+                            c.stream(cursor.stream)
+                                .events_completed(chunk.from, cursor.pos)
+                        });
+                        self.events += done;
+                        self.bytes += (n - from_head) as u64;
+                        stats.messages_served += done;
+                    }
+                }
+                Io::WouldBlock => {
+                    self.blocked_since.get_or_insert(now);
+                    return Step::Wait;
+                }
+                Io::Closed => return Step::Close(Reason::RemoteClosed),
+                Io::Failed(e) => return Step::Close(Reason::Error(e.kind())),
+            }
+        }
+    }
+}
