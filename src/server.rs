@@ -229,7 +229,7 @@ impl Server {
             conns,
             channels: Channels::new(config.max_messages_per_channel, config.max_message_age),
             stats: Stats::default(),
-            docs: Documents::new(config.document_root.clone(), config.directory_index.clone()),
+            docs: Documents::from_config(&config),
             config,
             command_line,
             hosts: HashMap::new(),
@@ -888,7 +888,7 @@ impl Server {
         log::configure(config.debug, config.log_time_format);
         self.channels
             .set_limits(config.max_messages_per_channel, config.max_message_age);
-        self.docs = Documents::new(config.document_root.clone(), config.directory_index.clone());
+        self.docs = Documents::from_config(&config);
         for warning in &config.warnings {
             info!("warning: {warning}");
         }

@@ -50,9 +50,13 @@ pub struct Head {
 pub struct Reply {
     bytes: Rc<[u8]>,
     pos: usize,
+    /// Moved on by each write that makes progress (`WriteTimeout` is a stall).
     deadline: Instant,
+    stall: Duration,
     /// Why the connection closes once the reply is out.
     reason: Reason,
+    /// A document body streamed from disk after `bytes` (its head).
+    file: Option<crate::docs::FileBody>,
 }
 
 /// A subscriber reading channels.
@@ -188,7 +192,9 @@ impl Subscriber {
             bytes,
             pos: 0,
             deadline: now + Duration::from_secs(write_timeout),
+            stall: Duration::from_secs(write_timeout),
             reason,
+            file: None,
         });
     }
 
@@ -209,7 +215,7 @@ impl Subscriber {
                 Some(reason) if readable => Step::Close(reason),
                 _ => Step::Wait,
             },
-            State::Reply(reply) => write_reply(&mut self.socket, reply, stats),
+            State::Reply(reply) => write_reply(&mut self.socket, reply, scratch, stats, now),
             State::Streaming(s) => {
                 match readable.then(|| discard_input(&mut self.socket, scratch, stats)) {
                     // A poll whose client half-closed after its request still
@@ -407,14 +413,12 @@ impl Subscriber {
     }
 
     fn document(&mut self, path: &str, doc: crate::docs::Document, ctx: &mut Context) {
-        let status = if doc.found {
+        if doc.found {
             ctx.stats.documents_served += 1;
-            200
         } else {
             ctx.stats.documents_not_found += 1;
-            404
-        };
-        info!("document\t{path}\t{}\t{status}", doc.size);
+        }
+        info!("document\t{path}\t{}\t{}", doc.size, doc.status);
         let reason = if doc.found {
             Reason::ResponseComplete
         } else {
@@ -426,6 +430,9 @@ impl Subscriber {
             ctx.now,
             ctx.config.limits.write_timeout,
         );
+        if let State::Reply(reply) = &mut self.state {
+            reply.file = doc.file;
+        }
     }
 
     /// Streams at once, or (several nodes) once every channel is loaded.
@@ -609,7 +616,13 @@ fn discard_input(socket: &mut TcpStream, scratch: &mut [u8], stats: &mut Stats) 
     None
 }
 
-fn write_reply(socket: &mut TcpStream, reply: &mut Reply, stats: &mut Stats) -> Step {
+fn write_reply(
+    socket: &mut TcpStream,
+    reply: &mut Reply,
+    scratch: &mut [u8],
+    stats: &mut Stats,
+    now: Instant,
+) -> Step {
     let mut budget = WRITE_BUDGET;
     while reply.pos < reply.bytes.len() {
         let end = reply.bytes.len().min(reply.pos + budget);
@@ -618,6 +631,7 @@ fn write_reply(socket: &mut TcpStream, reply: &mut Reply, stats: &mut Stats) -> 
                 reply.pos += n;
                 budget -= n;
                 stats.total_outbound_bytes += n as u64;
+                reply.deadline = now + reply.stall;
                 if budget == 0 && reply.pos < reply.bytes.len() {
                     return Step::Yield;
                 }
@@ -625,6 +639,27 @@ fn write_reply(socket: &mut TcpStream, reply: &mut Reply, stats: &mut Stats) -> 
             Io::WouldBlock => return Step::Wait,
             Io::Closed => return Step::Close(Reason::RemoteClosed),
             Io::Failed(e) => return Step::Close(Reason::Error(e.kind())),
+        }
+    }
+    if let Some(file) = &mut reply.file {
+        use crate::docs::{FileWrite, write_file_reply};
+        let sent = stats.total_outbound_bytes;
+        let step = write_file_reply(
+            socket,
+            file,
+            scratch,
+            &mut budget,
+            &mut stats.total_outbound_bytes,
+        );
+        if stats.total_outbound_bytes > sent {
+            reply.deadline = now + reply.stall;
+        }
+        match step {
+            FileWrite::Done => {}
+            FileWrite::Yield => return Step::Yield,
+            FileWrite::Wait => return Step::Wait,
+            FileWrite::Closed => return Step::Close(Reason::RemoteClosed),
+            FileWrite::Failed(e) => return Step::Close(Reason::Error(e.kind())),
         }
     }
     Step::Close(reply.reason)
