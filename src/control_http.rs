@@ -288,9 +288,10 @@ fn stats(ctx: &Context) -> String {
     }
     let _ = writeln!(
         out,
-        ",\"events_cached\":{},\"bytes_cached\":{}}}",
+        ",\"events_cached\":{},\"bytes_cached\":{},\"document_cache_bytes\":{}}}",
         ctx.channels.cached_events(),
-        ctx.channels.cached_bytes()
+        ctx.channels.cached_bytes(),
+        crate::docs::cache_bytes()
     );
     out
 }
