@@ -423,6 +423,12 @@ impl Documents {
     }
 
     fn insert(&mut self, path: &str, id: FileId, response: Rc<[u8]>, size: u64) {
+        if self.entries.contains_key(&id) {
+            // The file changed between `fstat` and the read into what is
+            // cached already: replacing the entry would orphan its paths.
+            self.add_alias(path, id);
+            return;
+        }
         let cost = response.len() + ENTRY_OVERHEAD + path.len() + PATH_OVERHEAD;
         if cost > self.limit || !self.make_room(cost, None) {
             return;
@@ -777,6 +783,125 @@ mod tests {
             &*docs.not_found().response,
             &b"HTTP/1.1 404 Not Found\r\nServer: meteord\r\nContent-Type: text/html; charset=utf-8\r\nPragma: no-cache\r\nCache-Control: no-cache, no-store, must-revalidate\r\nExpires: Thu, 1 Jan 1970 00:00:00 GMT\r\nContent-length: 0\r\n\r\n"[..]
         );
+    }
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> io::Result<Scratch> {
+            let dir = std::env::temp_dir().join(format!(
+                "meteord-docs-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("root/sub"))?;
+            Ok(Scratch(dir))
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn aliases_share_and_the_bound_holds() -> io::Result<()> {
+        let dir = Scratch::new("bound")?;
+        let root = dir.0.join("root");
+        std::fs::write(root.join("sub/index.html"), vec![b'i'; 1000])?;
+        for i in 0..20 {
+            std::fs::write(root.join(format!("f{i}.txt")), vec![b'f'; 1000])?;
+        }
+        let mut docs = Documents::new(Some(root), "index.html".into(), 16 * 1024, false);
+        for p in [
+            "sub",
+            "sub/",
+            "./sub/.",
+            "sub/index.html",
+            "sub//index.html",
+        ] {
+            let doc = docs.get(p);
+            assert!(doc.found && doc.file.is_none() && doc.size == 1000, "{p}");
+        }
+        assert_eq!(docs.entries(), 1, "every spelling shares one entry");
+        for i in 0..20 {
+            assert!(docs.get(&format!("f{i}.txt")).found);
+            assert!(docs.used() <= 16 * 1024, "{} bytes", docs.used());
+        }
+        assert!(docs.entries() < 21, "older entries were evicted");
+        // Evicted files are read again.
+        let doc = docs.get("f0.txt");
+        assert!(doc.found && doc.size == 1000);
+        docs.clear();
+        assert_eq!((docs.used(), docs.entries()), (0, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn large_files_stream_and_streams_are_bounded() -> io::Result<()> {
+        let dir = Scratch::new("stream")?;
+        let root = dir.0.join("root");
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(root.join("big.bin"), &body)?;
+        let mut docs = Documents::new(Some(root), "index.html".into(), 64 * 1024, false);
+        let mut held: Vec<Document> = (0..MAX_STREAMED_FILES)
+            .map(|_| docs.get("big.bin"))
+            .collect();
+        assert!(held.iter().all(|d| d.found && d.file.is_some()));
+        assert_eq!(docs.used(), 0, "a large file is not cached");
+        assert_eq!(docs.get("big.bin").status, 503);
+        let mut doc = held.pop().ok_or_else(|| io::Error::other("no document"))?;
+        assert_eq!(docs.get("big.bin").status, 503, "the slot is held by `doc`");
+        let mut out = Vec::new();
+        let mut scratch = vec![0u8; 4096];
+        let mut sent = 0;
+        let file = doc
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no file"))?;
+        loop {
+            let mut budget = 10_000;
+            match write_file_reply(&mut out, file, &mut scratch, &mut budget, &mut sent) {
+                FileWrite::Done => break,
+                FileWrite::Yield => assert_eq!(budget, 0),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(out == body && sent == body.len() as u64);
+        drop(doc);
+        assert!(docs.get("big.bin").file.is_some(), "a slot is free again");
+        Ok(())
+    }
+
+    #[test]
+    fn links_stay_beneath_the_root() -> io::Result<()> {
+        use std::os::unix::fs::symlink;
+        let dir = Scratch::new("links")?;
+        let root = dir.0.join("root");
+        std::fs::write(dir.0.join("secret.txt"), b"secret")?;
+        std::fs::write(root.join("sub/a.txt"), b"a")?;
+        symlink("../secret.txt", root.join("up.txt"))?;
+        symlink(dir.0.join("secret.txt"), root.join("abs.txt"))?;
+        symlink("..", root.join("sub/parent"))?;
+        symlink("sub/a.txt", root.join("in.txt"))?;
+        symlink("loop", root.join("loop"))?;
+        let mut docs = Documents::new(Some(root), "index.html".into(), 1 << 20, false);
+        for p in [
+            "up.txt",
+            "abs.txt",
+            "sub/parent/up.txt",
+            "loop",
+            "sub/a.txt/x",
+        ] {
+            assert!(!docs.get(p).found, "{p}");
+        }
+        for p in ["in.txt", "sub/parent/in.txt", "sub/parent/sub/a.txt"] {
+            assert!(docs.get(p).found, "{p}");
+        }
+        Ok(())
     }
 
     #[test]
