@@ -295,6 +295,20 @@ const KEYS: &[Key] = &[
         scope: Scope::Global,
         help: "Seconds a write may make no progress before the subscriber is dropped",
     },
+    // --- Static documents: memory bound and containment (docs.rs) ---
+    Key {
+        name: "DocumentCacheBytes",
+        default: "16777216",
+        scope: Scope::Global,
+        help: "Bytes of static files kept in memory; a file over an eighth of this is streamed from disk (0: cache nothing)",
+    },
+    Key {
+        name: "FollowSymlinks",
+        default: "0",
+        scope: Scope::Global,
+        help: "1: serve links in SubscriberDocumentRoot wherever they lead; 0: only what lies inside the root",
+    },
+    // --- end of static documents ---
 ];
 
 /// `RedisAddress`: `[password@]host:port[/db]`.
@@ -680,6 +694,12 @@ pub struct Config {
     pub log_time_format: TimeFormat,
     pub document_root: Option<PathBuf>,
     pub directory_index: String,
+    // --- Static documents: memory bound and containment (docs.rs) ---
+    /// `DocumentCacheBytes`.
+    pub document_cache_bytes: usize,
+    /// `FollowSymlinks`.
+    pub follow_symlinks: bool,
+    // --- end of static documents ---
     /// `AllowedOrigins`, split on whitespace.
     pub allowed_origins: Vec<String>,
     pub dynamic_page_address: String,
@@ -866,6 +886,10 @@ impl Config {
             log_time_format,
             document_root: (!root.is_empty() && root != "/").then(|| PathBuf::from(root)),
             directory_index: r.string("DirectoryIndex", None)?,
+            // --- Static documents: memory bound and containment (docs.rs) ---
+            document_cache_bytes: r.size("DocumentCacheBytes")?,
+            follow_symlinks: r.flag("FollowSymlinks", None)?,
+            // --- end of static documents ---
             allowed_origins: r
                 .string("AllowedOrigins", None)?
                 .split_whitespace()

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 fn fetch(s: &Server, path: &str) -> Vec<u8> {
     let mut c = s.http_get(path);
@@ -226,4 +227,260 @@ fn document_record_is_logged() {
     assert!(f[1].ends_with("logged.txt"), "{rec:?}");
     assert_eq!(f[2], "5", "{rec:?}");
     assert!(f[3].starts_with("200"), "{rec:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Memory bound and containment
+// ---------------------------------------------------------------------------
+
+/// The server's resident set in KiB, from /proc/<pid>/status.
+fn rss_kib(s: &Server) -> u64 {
+    let path = format!("/proc/{}/status", s.pid());
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {path}:\n{status}"))
+}
+
+/// A number from the controller port's `GET /stats` JSON.
+fn http_stat(s: &Server, key: &str) -> Option<u64> {
+    let mut c = Conn::connect(s.ctl_addr);
+    c.send(b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let got = c.read_to_end(WAIT);
+    let text = String::from_utf8_lossy(&got);
+    let at = text.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let digits: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Bytes that differ at every offset modulo a prime, so a misplaced chunk shows.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ seed.wrapping_mul(37))
+        .collect()
+}
+
+/// Fetches `path` and checks the exact head and body of a 200 reply.
+fn assert_big(s: &Server, path: &str, ctype: &str, body: &[u8]) {
+    let got = fetch(s, path);
+    let head = document_head("200 OK", ctype, body.len());
+    assert!(
+        got.starts_with(head.as_bytes()),
+        "{path}: head {}",
+        show(&got[..got.len().min(300)])
+    );
+    assert!(
+        got.len() == head.len() + body.len() && &got[head.len()..] == body,
+        "{path}: body differs ({} bytes, {} expected)",
+        got.len() - head.len().min(got.len()),
+        body.len()
+    );
+}
+
+const MIB: usize = 1024 * 1024;
+
+#[test]
+fn aliases_of_one_file_take_one_cache_entry() {
+    let s = Server::start_test(&[]);
+    // Cached (under an eighth of the default 16 MiB bound) and streamed.
+    let small = pattern(MIB, 1);
+    let large = pattern(4 * MIB, 2);
+    s.write_doc("d/small.js", &small);
+    s.write_doc("d/large.js", &large);
+    let before = rss_kib(&s);
+    let mut aliases = Vec::new();
+    for i in 0..100 {
+        let path = match i % 5 {
+            0 => format!("/{}d/NAME", "./".repeat(i + 1)),
+            1 => format!("/d/{}NAME", "./".repeat(i)),
+            2 => format!("{}d//NAME/", "/".repeat(i + 1)),
+            3 => format!("/d/./NAME?v={i}"),
+            _ => format!("/{}d/{}NAME", "./".repeat(i % 7), "./".repeat(i / 7 + 1)),
+        };
+        aliases.push(path);
+    }
+    for alias in &aliases {
+        assert_big(
+            &s,
+            &alias.replace("NAME", "small.js"),
+            "text/javascript",
+            &small,
+        );
+        assert_big(
+            &s,
+            &alias.replace("NAME", "large.js"),
+            "text/javascript",
+            &large,
+        );
+    }
+    let after = rss_kib(&s);
+    let cached = http_stat(&s, "document_cache_bytes");
+    eprintln!(
+        "alias attack: 100 aliases each of 1 MiB and 4 MiB: RSS {before} KiB -> {after} KiB, \
+         document_cache_bytes {cached:?}"
+    );
+    assert!(
+        after.saturating_sub(before) < 24 * 1024,
+        "RSS grew from {before} KiB to {after} KiB: aliases were cached as copies"
+    );
+    let cached = cached.unwrap_or_else(|| panic!("no document_cache_bytes in /stats"));
+    assert!(
+        cached >= MIB as u64 && cached < (MIB + 64 * 1024) as u64,
+        "one 1 MiB entry expected in the cache, it holds {cached} bytes"
+    );
+}
+
+#[test]
+fn a_file_larger_than_the_cache_is_streamed_byte_for_byte() {
+    let s = Server::start_test(&[]);
+    // Over the default 16 MiB bound (and over the old 16 MiB refusal).
+    let body = pattern(40 * MIB + 12345, 3);
+    s.write_doc("huge.bin", &body);
+    let before = rss_kib(&s);
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let mut c = s.http_get("/huge.bin");
+            std::thread::spawn(move || c.read_to_end(Duration::from_secs(30)))
+        })
+        .collect();
+    let head = document_head("200 OK", "application/octet-stream", body.len());
+    for client in clients {
+        let got = client.join().unwrap_or_else(|_| panic!("reader panicked"));
+        assert!(
+            got.starts_with(head.as_bytes()),
+            "head: {}",
+            show(&got[..got.len().min(300)])
+        );
+        assert!(
+            got.len() == head.len() + body.len() && got[head.len()..] == body[..],
+            "body differs: {} bytes after the head, {} expected",
+            got.len().saturating_sub(head.len()),
+            body.len()
+        );
+    }
+    let after = rss_kib(&s);
+    eprintln!("40 MiB file to 3 clients at once: RSS {before} KiB -> {after} KiB");
+    assert!(
+        after.saturating_sub(before) < 8 * 1024,
+        "RSS grew from {before} KiB to {after} KiB while streaming"
+    );
+    assert_eq!(http_stat(&s, "document_cache_bytes"), Some(0));
+}
+
+#[test]
+fn the_cache_is_bounded_in_bytes() {
+    let s = Server::start_test(&["-DocumentCacheBytes", "4194304"]);
+    let bodies: Vec<Vec<u8>> = (0..24).map(|i| pattern(400 * 1024, i)).collect();
+    for (i, body) in bodies.iter().enumerate() {
+        s.write_doc(&format!("f{i}.txt"), body);
+    }
+    for round in 0..2 {
+        for (i, body) in bodies.iter().enumerate() {
+            assert_big(&s, &format!("/f{i}.txt"), "text/plain", body);
+        }
+        let cached = http_stat(&s, "document_cache_bytes").unwrap_or(u64::MAX);
+        assert!(
+            cached <= 4 * MIB as u64 && cached > 0,
+            "round {round}: the cache holds {cached} bytes, bound 4 MiB"
+        );
+    }
+}
+
+#[test]
+fn no_cache_serves_each_file_from_disk() {
+    let s = Server::start_test(&["-DocumentCacheBytes", "0"]);
+    s.write_doc("c.txt", b"one");
+    assert_doc(&s, "/c.txt", "text/plain", b"one", "first");
+    s.write_doc("c.txt", b"two, longer");
+    assert_doc(&s, "/c.txt", "text/plain", b"two, longer", "rewritten");
+    assert_eq!(http_stat(&s, "document_cache_bytes"), Some(0));
+}
+
+/// A document root with links to a directory outside it and links inside.
+fn link_farm(s: &Server, outside: &TempDir) {
+    use std::os::unix::fs::symlink;
+    std::fs::write(outside.join("secret.txt"), b"secret").unwrap();
+    std::fs::write(outside.join("index.html"), b"outside index").unwrap();
+    s.write_doc("sub/a.txt", b"inside");
+    s.write_doc("top.txt", b"top");
+    let root = &s.docroot;
+    let outside_name = outside.path.file_name().unwrap().to_string_lossy();
+    // root = <tmp>/meteord-test-srv-.../docroot; outside = <tmp>/meteord-test-out-...
+    let links: [(&str, String); 10] = [
+        ("out.txt", outside.join("secret.txt").display().to_string()),
+        ("outdir", outside.path.display().to_string()),
+        ("rel_out.txt", format!("../../{outside_name}/secret.txt")),
+        ("sub/up.txt", format!("../../../{outside_name}/secret.txt")),
+        ("sub/chain.txt", "../out.txt".into()),
+        ("in.txt", "sub/a.txt".into()),
+        ("abs_in.txt", root.join("sub/a.txt").display().to_string()),
+        ("insub", "sub".into()),
+        ("sub/back.txt", "../top.txt".into()),
+        ("sub/self", ".".into()),
+    ];
+    for (link, target) in &links {
+        symlink(target, root.join(link)).unwrap_or_else(|e| panic!("{link}: {e}"));
+    }
+}
+
+const OUTSIDE: [&str; 9] = [
+    "/out.txt",
+    "/outdir/secret.txt",
+    "/outdir",
+    "/outdir/",
+    "/outdir/index.html",
+    "/rel_out.txt",
+    "/sub/up.txt",
+    "/sub/chain.txt",
+    "/insub/up.txt",
+];
+
+#[test]
+fn links_are_followed_only_inside_the_root() {
+    let s = Server::start_test(&[]);
+    let outside = TempDir::new("out");
+    link_farm(&s, &outside);
+    for p in OUTSIDE {
+        assert_404(&s, p);
+    }
+    for (p, body) in [
+        ("/in.txt", &b"inside"[..]),
+        ("/abs_in.txt", b"inside"),
+        ("/insub/a.txt", b"inside"),
+        ("/sub/back.txt", b"top"),
+        ("/insub/back.txt", b"top"),
+        ("/sub/self/self/a.txt", b"inside"),
+    ] {
+        assert_doc(&s, p, "text/plain", body, p);
+    }
+    // A FIFO is no document, and opening it does not stall the server.
+    let fifo = std::ffi::CString::new(s.docroot.join("pipe.txt").display().to_string()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
+    assert_404(&s, "/pipe.txt");
+    assert_doc(&s, "/in.txt", "text/plain", b"inside", "after the FIFO");
+}
+
+#[test]
+fn follow_symlinks_serves_links_that_leave_the_root() {
+    let s = Server::start_test(&["-FollowSymlinks", "1"]);
+    let outside = TempDir::new("out");
+    link_farm(&s, &outside);
+    for p in OUTSIDE {
+        let got = fetch(&s, p);
+        assert!(
+            got.starts_with(b"HTTP/1.1 200 OK\r\n"),
+            "{p}: {}",
+            show(&got)
+        );
+    }
+    assert_doc(&s, "/out.txt", "text/plain", b"secret", "/out.txt");
+    assert_doc(&s, "/outdir", "text/html", b"outside index", "/outdir");
+    assert_doc(&s, "/in.txt", "text/plain", b"inside", "/in.txt");
 }

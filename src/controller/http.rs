@@ -292,9 +292,10 @@ fn stats(ctx: &Context) -> String {
     }
     let _ = writeln!(
         out,
-        ",\"events_cached\":{},\"bytes_cached\":{}}}",
+        ",\"events_cached\":{},\"bytes_cached\":{},\"document_cache_bytes\":{}}}",
         ctx.hub.channels.cached_events(),
-        ctx.hub.channels.cached_bytes()
+        ctx.hub.channels.cached_bytes(),
+        crate::subscriber::documents::cache_bytes()
     );
     out
 }

@@ -135,7 +135,7 @@ impl Server {
             world: World {
                 hub: Hub::new(channels, cluster),
                 stats: Stats::default(),
-                docs: Documents::new(config.document_root.clone(), config.directory_index.clone()),
+                docs: Documents::from_config(&config),
                 config,
                 hosts: Hosts::new(),
                 kicks: Vec::new(),

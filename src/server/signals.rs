@@ -121,8 +121,7 @@ impl Server {
             .hub
             .channels
             .set_limits(config.max_messages_per_channel, config.max_message_age);
-        self.world.docs =
-            Documents::new(config.document_root.clone(), config.directory_index.clone());
+        self.world.docs = Documents::from_config(&config);
         // Applies to new connections: those over a lowered limit stay.
         self.max_subscribers = max_subscribers(&config, self.fd_limit);
         for warning in &config.warnings {

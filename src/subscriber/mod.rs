@@ -16,7 +16,7 @@ use crate::io::{Io, READS_PER_TURN, WRITE_BUDGET, read_some, write_some};
 use crate::stats::Stats;
 use crate::template::{Placeholder, Template, Value};
 use crate::{debug, info};
-use documents::{Document, Documents};
+use documents::{Document, Documents, FileBody, FileWrite};
 use mio::net::TcpStream;
 use route::{ChannelDef, Route, RouteLimits};
 use std::net::SocketAddr;
@@ -62,6 +62,8 @@ struct Reply {
     deadline: Instant,
     /// Why the connection closes once the reply is out.
     reason: Reason,
+    /// A document body streamed from disk after `bytes` (its head).
+    file: Option<FileBody>,
 }
 
 /// What a push request asks for, once routed.
@@ -214,7 +216,14 @@ impl Subscriber {
                 Some(reason) if readable => Step::Close(reason),
                 _ => Step::Wait,
             },
-            State::Reply(reply) => write_reply(&mut self.socket, reply, ctx.config, stats, ctx.now),
+            State::Reply(reply) => write_reply(
+                &mut self.socket,
+                reply,
+                ctx.scratch,
+                ctx.config,
+                stats,
+                ctx.now,
+            ),
             State::Streaming(s) => {
                 match readable.then(|| discard_input(&mut self.socket, ctx.scratch, stats)) {
                     // A poll whose client half-closed after its request still
@@ -247,6 +256,7 @@ impl Subscriber {
             pos: 0,
             deadline: ctx.now + Duration::from_secs(ctx.config.limits.write_timeout),
             reason,
+            file: None,
         });
     }
 
@@ -420,15 +430,18 @@ impl Subscriber {
     }
 
     fn document(&mut self, path: &str, doc: Document, ctx: &mut Context) {
-        let (status, reason) = if doc.found {
+        let reason = if doc.found {
             ctx.stats.documents_served += 1;
-            (200, Reason::ResponseComplete)
+            Reason::ResponseComplete
         } else {
             ctx.stats.documents_not_found += 1;
-            (404, Reason::NotFound)
+            Reason::NotFound
         };
-        info!("document\t{path}\t{}\t{status}", doc.size);
+        info!("document\t{path}\t{}\t{}", doc.size, doc.status);
         self.reply(doc.response, reason, ctx);
+        if let State::Reply(reply) = &mut self.state {
+            reply.file = doc.file;
+        }
     }
 
     /// Streams at once, or once the hub has every channel.
@@ -606,10 +619,12 @@ fn discard_input(socket: &mut TcpStream, scratch: &mut [u8], stats: &mut Stats) 
 fn write_reply(
     socket: &mut TcpStream,
     reply: &mut Reply,
+    scratch: &mut [u8],
     config: &Config,
     stats: &mut Stats,
     now: Instant,
 ) -> Step {
+    let stall = Duration::from_secs(config.limits.write_timeout);
     let mut budget = WRITE_BUDGET;
     while reply.pos < reply.bytes.len() {
         let end = reply.bytes.len().min(reply.pos + budget);
@@ -618,7 +633,7 @@ fn write_reply(
                 reply.pos += n;
                 budget -= n;
                 stats.total_outbound_bytes += n as u64;
-                reply.deadline = now + Duration::from_secs(config.limits.write_timeout);
+                reply.deadline = now + stall;
                 if budget == 0 && reply.pos < reply.bytes.len() {
                     return Step::Yield;
                 }
@@ -626,6 +641,26 @@ fn write_reply(
             Io::WouldBlock => return Step::Wait,
             Io::Closed => return Step::Close(Reason::RemoteClosed),
             Io::Failed(e) => return Step::Close(Reason::Error(e.kind())),
+        }
+    }
+    if let Some(file) = &mut reply.file {
+        let sent = stats.total_outbound_bytes;
+        let result = documents::write_file_reply(
+            socket,
+            file,
+            scratch,
+            &mut budget,
+            &mut stats.total_outbound_bytes,
+        );
+        if stats.total_outbound_bytes > sent {
+            reply.deadline = now + stall;
+        }
+        match result {
+            FileWrite::Done => {}
+            FileWrite::Yield => return Step::Yield,
+            FileWrite::Wait => return Step::Wait,
+            FileWrite::Closed => return Step::Close(Reason::RemoteClosed),
+            FileWrite::Failed(e) => return Step::Close(Reason::Error(e.kind())),
         }
     }
     Step::Close(reply.reason)
