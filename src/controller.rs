@@ -127,6 +127,8 @@ pub struct Controller {
     awaiting: VecDeque<Awaiting>,
     /// The peer closed its sending side: answer what is buffered, then close.
     peer_done: bool,
+    /// `100 Continue` was sent for the HTTP request being read.
+    continued: bool,
 }
 
 /// A reply owed once Redis has answered a publish.
@@ -157,6 +159,8 @@ pub struct Context<'a> {
     /// `ControllerPassword`, when set.
     pub password: Option<&'a [u8]>,
     pub allowed_origins: &'a [String],
+    /// `ControllerHosts` and `ControllerIP`: what `Host` may name.
+    pub controller_hosts: &'a [String],
     pub head_bytes: usize,
     pub header_lines: usize,
     /// The Redis side, when this node is one of several.
@@ -184,6 +188,7 @@ impl Controller {
             lines: 0,
             awaiting: VecDeque::new(),
             peer_done: false,
+            continued: false,
         }
     }
 
@@ -367,22 +372,31 @@ impl Controller {
             if head_len > ctx.head_bytes {
                 return self.fail_http(control_http::error_response(HttpError::HeadTooLarge), ctx);
             }
-            let request =
-                match control_http::parse_request(&self.partial[..head_len], ctx.header_lines) {
-                    Ok(request) => request,
-                    Err(error) => return self.fail_http(control_http::error_response(error), ctx),
-                };
-            let body_len = request.content_length.unwrap_or(0);
-            if body_len > ctx.max_line {
-                return self.fail_http(control_http::too_large_response(), ctx);
-            }
-            if request.method == "POST" && request.content_length.is_none() {
-                let error = control_http::error_response(HttpError::LengthRequired);
-                return self.fail_http(error, ctx);
-            }
+            let gate = control_http::Gate {
+                hosts: ctx.controller_hosts,
+                origins: ctx.allowed_origins,
+                max_body: ctx.max_line,
+            };
+            // Malformed heads, foreign Host or Origin, no or too large a
+            // length: refused at once, the body unread, and closed.
+            let request = control_http::parse_request(&self.partial[..head_len], ctx.header_lines)
+                .and_then(|r| control_http::screen(&r, &gate).map(|()| r));
+            let request = match request {
+                Ok(request) => request,
+                Err(refusal) => return self.fail_http(refusal.response(), ctx),
+            };
+            let body_len = control_http::body_len(&request);
             if self.partial.len() < head_len + body_len {
+                if request.expect_continue && !self.continued {
+                    if let Some(response) = control_http::refuse_before_body(&request, ctx) {
+                        return self.fail_http(response, ctx);
+                    }
+                    self.out.extend_from_slice(control_http::CONTINUE);
+                    self.continued = true;
+                }
                 return;
             }
+            self.continued = false;
             self.lines += 1;
             ctx.commands_left -= 1;
             ctx.bytes_left = ctx.bytes_left.saturating_sub(head_len + body_len);

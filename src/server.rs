@@ -114,6 +114,7 @@ macro_rules! controller_context {
             max_channel_name: $server.config.limits.channel_name_length,
             password: $server.config.controller_password.as_deref(),
             allowed_origins: &$server.config.allowed_origins,
+            controller_hosts: &$server.config.controller_hosts,
             head_bytes: $server.config.limits.head_bytes,
             header_lines: $server.config.limits.header_lines,
             now_ms: unix_ms(),
