@@ -1,7 +1,7 @@
 //! Property and fuzz tests for every parser of meteord: the request head and
 //! its target, controller HTTP heads, channel definitions, controller lines,
-//! the configuration file
-//! and command line (values and escapes included) and templates.
+//! the configuration file and command line (values and escapes included)
+//! and templates.
 //!
 //! Each test feeds `METEORD_FUZZ_CASES` inputs (default 3,000: the short run
 //! that CI does with `cargo test`) to one parser: fully random bytes, random
