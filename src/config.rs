@@ -35,7 +35,7 @@ const KEYS: &[Key] = &[
         name: "AllowedOrigins",
         default: "",
         scope: Scope::Global,
-        help: "Origins (space-separated, or *) whose pages may read subscriber replies; see ~cors~",
+        help: "Origins (space-separated, or *) whose pages may read subscriber replies (see ~cors~) and use the controller port over HTTP (other origins: 403)",
     },
     Key {
         name: "ChannelInfoTemplate",
