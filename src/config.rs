@@ -35,7 +35,7 @@ const KEYS: &[Key] = &[
         name: "AllowedOrigins",
         default: "",
         scope: Scope::Global,
-        help: "Origins (space-separated, or *) whose pages may read subscriber replies; see ~cors~",
+        help: "Origins (space-separated, or *) whose pages may read subscriber replies (see ~cors~) and use the controller port over HTTP (other origins: 403)",
     },
     Key {
         name: "ChannelInfoTemplate",
@@ -55,6 +55,14 @@ const KEYS: &[Key] = &[
         scope: Scope::Global,
         help: "Address the controller port listens on (empty: 127.0.0.1)",
     },
+    // --- control-http: ControllerHosts (begin) ---
+    Key {
+        name: "ControllerHosts",
+        default: "localhost 127.0.0.1 [::1]",
+        scope: Scope::Global,
+        help: "Host names (space-separated, any port; * = any) that HTTP requests on the controller port may name in Host, besides ControllerIP; others get 421",
+    },
+    // --- control-http: ControllerHosts (end) ---
     Key {
         name: "ControllerPort",
         default: "4671",
@@ -702,6 +710,11 @@ pub struct Config {
     // --- end of static documents ---
     /// `AllowedOrigins`, split on whitespace.
     pub allowed_origins: Vec<String>,
+    // --- control-http: ControllerHosts (begin) ---
+    /// `ControllerHosts`, split on whitespace, plus `ControllerIP` (unless
+    /// it is 0.0.0.0 or ::): the hosts a controller HTTP request may name.
+    pub controller_hosts: Vec<String>,
+    // --- control-http: ControllerHosts (end) ---
     pub dynamic_page_address: String,
     pub max_messages_per_channel: usize,
     pub max_message_age: u64,
@@ -859,7 +872,22 @@ impl Config {
                  turn UDP off or set UDPAllowUnauthenticated 1",
             ));
         }
+        // --- control-http: ControllerHosts (begin) ---
+        let controller_ip = r.ip("ControllerIP", loopback)?;
+        let mut controller_hosts: Vec<String> = r
+            .string("ControllerHosts", None)?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if !controller_ip.is_unspecified() {
+            controller_hosts.push(match controller_ip {
+                IpAddr::V4(ip) => ip.to_string(),
+                IpAddr::V6(ip) => format!("[{ip}]"),
+            });
+        }
+        // --- control-http: ControllerHosts (end) ---
         Ok(Config {
+            controller_hosts,
             file,
             subscriber_addr: SocketAddr::new(
                 r.ip("SubscriberIP", IpAddr::V4(Ipv4Addr::UNSPECIFIED))?,

@@ -73,14 +73,97 @@ pub struct Head {
 }
 
 impl Head {
-    /// A header's value, trimmed; None when absent or empty.
+    /// A header's value (the first one when repeated); None when absent or
+    /// empty.
     pub fn header(&self, name: &str) -> Option<&str> {
+        self.values(name).next().filter(|v| !v.is_empty())
+    }
+
+    /// Every value of a header, in order, empty ones included.
+    pub fn values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> {
         self.headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
     }
+
+    /// The value of a header that may appear at most once (RFC 9110 5.3:
+    /// `Host`, `Content-Length`, ...): None when absent (an empty value is
+    /// `Some("")`), an error when it appears more than once, even with the
+    /// same value.
+    pub fn single(&self, name: &str) -> Result<Option<&str>, HttpError> {
+        let mut values = self.values(name);
+        let first = values.next();
+        match values.next() {
+            Some(_) => Err(HttpError::BadRequest),
+            None => Ok(first),
+        }
+    }
+}
+
+/// A `Content-Length` value: `1*DIGIT` only (RFC 9112 6.2; no sign, no
+/// list, no inner space; the surrounding whitespace is already gone).
+/// Values too large for a u64 saturate: they are refused as too large, not
+/// as malformed.
+pub fn content_length(value: &str) -> Option<u64> {
+    digits(value.as_bytes())
+}
+
+/// The host of a `Host` value (`uri-host [":" port]`, RFC 9112 3.2 and
+/// RFC 3986 3.2.2), lower-cased, without the port and a final dot; None
+/// when the value is not of that form (a server answers that with 400).
+pub fn host_name(value: &str) -> Option<String> {
+    let (host, port) = match value.strip_prefix('[') {
+        Some(rest) => {
+            let (inside, after) = rest.split_once(']')?;
+            let ip_literal = !inside.is_empty()
+                && inside
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+            if !ip_literal {
+                return None;
+            }
+            (&value[..inside.len() + 2], after)
+        }
+        None => {
+            let end = value.find(':').unwrap_or(value.len());
+            (&value[..end], &value[end..])
+        }
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    let reg_name = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
+    let host_ok = !host.is_empty() && (host.starts_with('[') || host.bytes().all(reg_name));
+    if !port_ok || !host_ok {
+        return None;
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    Some(host.to_ascii_lowercase())
+}
+
+/// Whether `host` (from `host_name`) is one of `allowed` (`*`: any). Entries
+/// are compared without case; an IPv6 address may be listed with or without
+/// its brackets.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    allowed.iter().any(|entry| {
+        let entry = entry.strip_suffix('.').unwrap_or(entry);
+        entry == "*"
+            || entry.eq_ignore_ascii_case(host)
+            || host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .is_some_and(|h| entry.eq_ignore_ascii_case(h))
+    })
+}
+
+/// Whether `AllowedOrigins` (`allowed`) lists `origin` or is `*`. Origins
+/// are compared without ASCII case (scheme and host are case-insensitive).
+pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
 }
 
 /// Parses a complete head (as delimited by `head_end`) with `httparse`,
@@ -101,9 +184,14 @@ pub fn parse(head: &[u8], max_headers: usize) -> Result<Head, HttpError> {
         headers: request
             .headers
             .iter()
+            // httparse has already dropped the optional whitespace (SP and
+            // HTAB only) around the value; nothing else is trimmed, so that
+            // e.g. a no-break space around a length is not taken for OWS.
             .map(|h| {
-                let value = String::from_utf8_lossy(h.value).trim().to_owned();
-                (h.name.to_owned(), value)
+                (
+                    h.name.to_owned(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
             })
             .collect(),
     })
@@ -126,12 +214,23 @@ pub fn parse_head(head: &[u8], max_headers: usize) -> Result<RequestHead, HttpEr
 pub fn cors_lines(allowed: &[String], origin: Option<&str>) -> String {
     let any = allowed.iter().any(|a| a == "*");
     match origin {
-        Some(o) if any || allowed.iter().any(|a| a == o) => {
+        Some(o) if origin_allowed(allowed, o) => {
             format!("Access-Control-Allow-Origin: {o}\r\nVary: Origin\r\n")
         }
         None if any => "Access-Control-Allow-Origin: *\r\n".to_owned(),
         _ => String::new(),
     }
+}
+
+/// Reads digits as a number, saturating; None if there are none or any
+/// other character.
+pub fn digits(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0u64, |n, d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    }))
 }
 
 #[cfg(test)]
@@ -154,6 +253,55 @@ mod tests {
             Err(HttpError::TooManyHeaders)
         );
         assert_eq!(parse_head(b"\x01\r\n\r\n", 8), Err(HttpError::BadRequest));
+    }
+
+    #[test]
+    fn host_values() {
+        assert_eq!(host_name("LocalHost:4671").as_deref(), Some("localhost"));
+        assert_eq!(host_name("localhost.").as_deref(), Some("localhost"));
+        assert_eq!(host_name("localhost:").as_deref(), Some("localhost"));
+        assert_eq!(host_name("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(host_name("127.0.0.1").as_deref(), Some("127.0.0.1"));
+        for bad in [
+            "", ":80", "a b", "a:b", "a:80:80", "[::1", "[x]", "[]", "a/b", "a@b", "a\\b",
+        ] {
+            assert_eq!(host_name(bad), None, "{bad:?}");
+        }
+        let list = [
+            "localhost".to_owned(),
+            "::1".to_owned(),
+            "[fe80::1]".to_owned(),
+        ];
+        assert!(host_allowed("localhost", &list));
+        assert!(host_allowed("[::1]", &list));
+        assert!(host_allowed("[fe80::1]", &list));
+        assert!(!host_allowed("evil.example", &list));
+        assert!(!host_allowed("", &list));
+        assert!(host_allowed("x", &["*".to_owned()]));
+    }
+
+    #[test]
+    fn content_lengths() {
+        assert_eq!(content_length("0"), Some(0));
+        assert_eq!(content_length("0012"), Some(12));
+        assert_eq!(content_length("99999999999999999999999"), Some(u64::MAX));
+        for bad in ["", "+3", "-1", "3 ", " 3", "3,3", "1e3", "\u{663}"] {
+            assert_eq!(content_length(bad), None, "{bad:?}");
+        }
+        let head = parse(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\na: 3\r\nC:\r\n\r\n", 8);
+        let head = head.as_ref().ok();
+        assert_eq!(
+            head.map(|h| h.values("A").collect::<Vec<_>>()),
+            Some(vec!["1", "3"])
+        );
+        assert_eq!(
+            head.map(|h| h.single("A")),
+            Some(Err(HttpError::BadRequest))
+        );
+        assert_eq!(head.map(|h| h.single("B")), Some(Ok(Some("2"))));
+        assert_eq!(head.map(|h| h.single("C")), Some(Ok(Some(""))));
+        assert_eq!(head.map(|h| h.header("C")), Some(None));
+        assert_eq!(head.map(|h| h.single("D")), Some(Ok(None)));
     }
 
     #[test]

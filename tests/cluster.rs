@@ -827,13 +827,13 @@ fn publishing_answers_errors_while_redis_is_away() {
     assert_eq!(ctl.command("ADDMESSAGE ch five"), "ERR Backend unavailable");
     // A keep-alive HTTP connection gets 503, then 200 once Redis is back.
     let mut keep = Conn::connect(a.ctl_addr);
-    keep.send(b"POST /pub/ch HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nsix");
+    keep.send(b"POST /pub/ch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\r\nsix");
     keep.read_until(b"503 Service Unavailable: backend unavailable\n", WAIT)
         .expect("503 on a keep-alive connection");
 
     redis.restart();
     wait_link_up(&a, 2);
-    keep.send(b"POST /pub/ch HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nseven");
+    keep.send(b"POST /pub/ch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nseven");
     let reply = keep
         .read_until(b"}\n", WAIT)
         .expect("200 on the same connection");

@@ -248,7 +248,7 @@ fn rss_kib(s: &Server) -> u64 {
 /// A number from the controller port's `GET /stats` JSON.
 fn http_stat(s: &Server, key: &str) -> Option<u64> {
     let mut c = Conn::connect(s.ctl_addr);
-    c.send(b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    c.send(b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     let got = c.read_to_end(WAIT);
     let text = String::from_utf8_lossy(&got);
     let at = text.find(&format!("\"{key}\":"))? + key.len() + 3;

@@ -1,6 +1,7 @@
 //! Property and fuzz tests for every parser of meteord: the request head and
-//! its target, channel definitions, controller lines, the configuration file
-//! and command line (values and escapes included) and templates.
+//! its target, controller HTTP heads, channel definitions, controller lines,
+//! the configuration file and command line (values and escapes included)
+//! and templates.
 //!
 //! Each test feeds `METEORD_FUZZ_CASES` inputs (default 3,000: the short run
 //! that CI does with `cargo test`) to one parser: fully random bytes, random
@@ -20,6 +21,7 @@
 use meteord::channel::Backlog;
 use meteord::config::{self, Action, ConfigError};
 use meteord::controller::commands::{self, Command};
+use meteord::controller::http as control_http;
 use meteord::http::{self, HttpError};
 use meteord::subscriber::route::{self, ChannelDef, Route, RouteLimits};
 use meteord::template::{Escape, Placeholder, Template, Value};
@@ -316,6 +318,116 @@ fn request_heads() {
             assert!(few.as_ref() == Ok(request) || few == Err(HttpError::TooManyHeaders));
         },
     );
+}
+
+// ----------------------------------------------------------------------------
+// Controller request heads (HTTP on the controller port)
+// ----------------------------------------------------------------------------
+
+const CONTROL_HEADS: &[&str] = &[
+    "POST /pub/news HTTP/1.1\r\nHost: 127.0.0.1:4671\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello",
+    "GET /stats HTTP/1.1\r\nHost: localhost\r\nOrigin: http://a.example\r\nConnection: close\r\n\r\n",
+    "GET /channels HTTP/1.0\n\n",
+    "POST /pub/x HTTP/1.1\r\nHost: [::1]\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "POST /pub/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: +3\r\nAuthorization: Bearer s\r\n\r\nabc",
+];
+
+/// The header lines of a head httparse accepted: (name, value without
+/// the SP/HTAB around it), and the minor version of its request line.
+fn reference_fields(head: &[u8]) -> (u8, Vec<(String, String)>) {
+    let text = lossy(head);
+    let mut lines = text
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .skip_while(|l| l.is_empty());
+    let version = match lines.next() {
+        Some(l) if l.ends_with("HTTP/1.0") => 0,
+        _ => 1,
+    };
+    let fields = lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| {
+            (
+                n.to_ascii_lowercase(),
+                v.trim_matches([' ', '\t']).to_owned(),
+            )
+        })
+        .collect();
+    (version, fields)
+}
+
+#[test]
+fn control_heads() {
+    let corpus: Vec<&[u8]> = CONTROL_HEADS.iter().map(|h| h.as_bytes()).collect();
+    let alphabet = b"POST /pub:\r\n\t Host Content-Length Transfer-Encoding Expect 0123+-,[]";
+    fuzz("control_heads", &corpus, alphabet, |buf| {
+        let Some(end) = http::head_end(buf) else {
+            return;
+        };
+        let head = &buf[..end];
+        let parsed = control_http::parse_request(head, 64);
+        let Ok(_) = http::parse_head(head, 64) else {
+            assert!(parsed.is_err(), "httparse refused a head that was accepted");
+            return;
+        };
+        let (version, fields) = reference_fields(head);
+        let all = |name: &str| -> Vec<&str> {
+            fields
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        let request = match parsed {
+            Err(refusal) => {
+                if !all("transfer-encoding").is_empty() {
+                    assert_eq!(refusal.status, "501 Not Implemented");
+                }
+                assert!(
+                    [
+                        "400 Bad Request",
+                        "417 Expectation Failed",
+                        "501 Not Implemented"
+                    ]
+                    .contains(&refusal.status),
+                    "{refusal:?}"
+                );
+                return;
+            }
+            Ok(request) => request,
+        };
+        assert!(
+            all("transfer-encoding").is_empty(),
+            "Transfer-Encoding accepted"
+        );
+        let lengths = all("content-length");
+        assert!(lengths.len() <= 1, "Content-Length repeated: {lengths:?}");
+        match lengths.first() {
+            None => assert_eq!(request.content_length, None),
+            Some(v) => {
+                assert!(
+                    !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()),
+                    "Content-Length {v:?} accepted"
+                );
+                let n = v.bytes().fold(0u64, |n, d| {
+                    n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+                });
+                assert_eq!(request.content_length, Some(n));
+            }
+        }
+        let hosts = all("host");
+        assert!(
+            hosts.len() == 1 || (hosts.is_empty() && version == 0),
+            "Host {hosts:?}"
+        );
+        assert_eq!(request.host.is_some(), hosts.len() == 1);
+        assert!(all("origin").len() <= 1 && all("authorization").len() <= 1);
+        assert_eq!(request.version, version);
+        if version == 0 {
+            assert!(!request.expect_continue, "100-continue on HTTP/1.0");
+        }
+    });
 }
 
 // ----------------------------------------------------------------------------

@@ -174,7 +174,7 @@ fn stats_json(s: &Server, password: Option<&str>) -> String {
         .unwrap_or_default();
     let r = control_http(
         s,
-        &format!("GET /stats HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"),
+        &format!("GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"),
     );
     assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "GET /stats: {r:?}");
     r
@@ -468,7 +468,7 @@ fn channel_name_length_bound_on_both_ports() {
     let r = control_http(
         &s,
         &format!(
-            "POST /pub/{over} HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /pub/{over} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
     );
@@ -570,7 +570,10 @@ fn stats_json_when_full(s: &Server, ctl: &mut Controller) -> String {
     drop(probe);
     let mut json = String::new();
     let ok = eventually(WAIT, || {
-        json = control_http(s, "GET /stats HTTP/1.1\r\nConnection: close\r\n\r\n");
+        json = control_http(
+            s,
+            "GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        );
         json.starts_with("HTTP/1.1 200 OK\r\n")
     });
     assert!(ok, "GET /stats: {json:?}");
@@ -641,7 +644,7 @@ fn control_http_heads_and_bodies_are_bounded() {
     let got = control_http(
         &s,
         &format!(
-            "POST /pub/big HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /pub/big HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         ),
     );
@@ -651,7 +654,7 @@ fn control_http_heads_and_bodies_are_bounded() {
     let got = control_http(
         &s,
         &format!(
-            "POST /pub/big HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /pub/big HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
     );
@@ -756,14 +759,16 @@ fn http_control_endpoints_need_the_bearer_token() {
         for path in ["/stats", "/channels", "/metrics"] {
             let r = control_http(
                 &s,
-                &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"),
+                &format!(
+                    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+                ),
             );
             assert_eq!(r, unauthorized, "GET {path} with {what}");
         }
         let r = control_http(
             &s,
             &format!(
-                "POST /pub/news HTTP/1.1\r\n{auth}Content-Length: 4\r\nConnection: close\r\n\r\nnope"
+                "POST /pub/news HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 4\r\nConnection: close\r\n\r\nnope"
             ),
         );
         assert_eq!(r, unauthorized, "POST /pub with {what}");
@@ -774,7 +779,7 @@ fn http_control_endpoints_need_the_bearer_token() {
     let r = control_http(
         &s,
         &format!(
-            "POST /pub/news HTTP/1.1\r\nAuthorization: Bearer {PW}\r\nContent-Length: 5\r\n\
+            "POST /pub/news HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {PW}\r\nContent-Length: 5\r\n\
              Connection: close\r\n\r\nhello"
         ),
     );

@@ -1931,13 +1931,13 @@ fn http_errors() {
     c.expect_eof();
     // No Content-Length: 411 and close.
     let mut c = http(&s);
-    c.send(b"POST /pub/x HTTP/1.1\r\nHost: a\r\n\r\nbody");
+    c.send(b"POST /pub/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nbody");
     let r = read_resp(&mut c);
     assert_eq!(r.status, 411, "{r:?}");
     c.expect_eof();
     // A malformed Content-Length: 400.
     let mut c = http(&s);
-    c.send(b"POST /pub/x HTTP/1.1\r\nContent-Length: lots\r\n\r\n");
+    c.send(b"POST /pub/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: lots\r\n\r\n");
     assert_eq!(read_resp(&mut c).status, 400);
     // Nothing of the failed requests was published.
     let mut ctl = s.ctl();
@@ -1978,8 +1978,11 @@ fn http_cors_and_password() {
         r.header("Access-Control-Allow-Origin"),
         Some("http://app.example")
     );
+    // Another origin is refused outright (its page may not use the port at
+    // all), and the connection closes: use a connection of its own.
+    let mut evil = http(&s);
     let r = exchange(
-        &mut c,
+        &mut evil,
         &http_req(
             "OPTIONS",
             "/pub/x",
@@ -1987,7 +1990,9 @@ fn http_cors_and_password() {
             None,
         ),
     );
+    assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.header("Access-Control-Allow-Origin"), None, "{r:?}");
+    evil.expect_eof();
     for (path, method, body) in [
         ("/pub/x", "POST", Some(&b"hi"[..])),
         ("/channels", "GET", None),

@@ -15,13 +15,62 @@ use std::fmt::Write as _;
 pub struct ControlRequest {
     pub method: String,
     pub path: String,
+    /// The minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    /// The host named by `Host`, lower-cased and without its port (see
+    /// `http::host_name`); None only for HTTP/1.0 without `Host`.
+    pub host: Option<String>,
     origin: Option<String>,
     authorization: Option<String>,
-    /// `Content-Length`, when given.
-    pub content_length: Option<usize>,
+    /// `Content-Length`, when given (saturated: too large is still too large).
+    pub content_length: Option<u64>,
+    /// `Expect: 100-continue` on HTTP/1.1: the client waits for
+    /// `100 Continue` before it sends the body.
+    pub expect_continue: bool,
     /// Whether the client asked to close after this request.
     pub close: bool,
 }
+
+/// A request refused from its head alone: the status line text and a short
+/// reason for the body. The response closes the connection (the body, if
+/// any, is not read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: &'static str,
+    pub why: &'static str,
+}
+
+impl Refusal {
+    const fn new(status: &'static str, why: &'static str) -> Refusal {
+        Refusal { status, why }
+    }
+
+    /// The complete response: `<status>: <why>` as the body, then close.
+    pub fn response(self) -> Vec<u8> {
+        let body = format!("{}: {}\n", self.status, self.why);
+        response(self.status, "text/plain; charset=utf-8", &body, "", true)
+    }
+}
+
+impl From<HttpError> for Refusal {
+    fn from(error: HttpError) -> Refusal {
+        let why = match error {
+            HttpError::HeadTooLarge => "request head too large",
+            HttpError::TooManyHeaders => "too many header lines",
+            HttpError::Timeout => "request head not complete in time",
+            HttpError::Unavailable => "too many connections",
+            HttpError::LengthRequired => "Content-Length required",
+            HttpError::BadRequest => "malformed request head",
+        };
+        Refusal::new(error.status(), why)
+    }
+}
+
+const BAD_REQUEST: &str = "400 Bad Request";
+
+/// `100 Continue`, sent once a head that asked for it is accepted and
+/// before its body is read (RFC 9110 10.1.1).
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Whether a controller's first line is an HTTP request line.
 pub fn is_request_line(line: &[u8]) -> bool {
@@ -37,28 +86,138 @@ pub fn is_request_line(line: &[u8]) -> bool {
         && words.next().is_none()
 }
 
-/// Parses a complete request head.
-pub fn parse_request(head: &[u8], max_headers: usize) -> Result<ControlRequest, HttpError> {
+/// Parses a complete request head as strictly as RFC 9112 asks of a server
+/// that reads request bodies: httparse refuses malformed request lines,
+/// header names that are not tokens, whitespace before the colon, obs-fold
+/// and control characters in values; on top of that a `Content-Length`
+/// must be `1*DIGIT` and appear once, `Host` must appear exactly once on
+/// HTTP/1.1 (at most once on HTTP/1.0) with a valid value, and
+/// `Transfer-Encoding` is not implemented (501: request bodies need
+/// `Content-Length`; a body of unknown framing cannot be skipped, so the
+/// connection closes).
+pub fn parse_request(head: &[u8], max_headers: usize) -> Result<ControlRequest, Refusal> {
     let head = http::parse(head, max_headers)?;
-    let content_length = match head.header("Content-Length") {
-        Some(v) => Some(v.parse().map_err(|_| HttpError::BadRequest)?),
-        None => None,
+    if head.values("Transfer-Encoding").next().is_some() {
+        return Err(Refusal::new(
+            "501 Not Implemented",
+            "Transfer-Encoding is not supported; send the body with Content-Length",
+        ));
+    }
+    let content_length = match head.single("Content-Length") {
+        Err(_) => {
+            return Err(Refusal::new(
+                BAD_REQUEST,
+                "Content-Length given more than once",
+            ));
+        }
+        Ok(None) => None,
+        Ok(Some(v)) => Some(http::content_length(v).ok_or(Refusal::new(
+            BAD_REQUEST,
+            "Content-Length must be decimal digits only",
+        ))?),
     };
-    if head.header("Transfer-Encoding").is_some() {
-        return Err(HttpError::BadRequest);
+    let host = match head.single("Host") {
+        Err(_) => return Err(Refusal::new(BAD_REQUEST, "Host given more than once")),
+        Ok(None) if head.version >= 1 => {
+            return Err(Refusal::new(BAD_REQUEST, "HTTP/1.1 requires a Host header"));
+        }
+        Ok(None) => None,
+        Ok(Some(v)) => {
+            Some(http::host_name(v).ok_or(Refusal::new(BAD_REQUEST, "malformed Host header"))?)
+        }
+    };
+    let origin = head
+        .single("Origin")
+        .map_err(|_| Refusal::new(BAD_REQUEST, "Origin given more than once"))?
+        .map(str::to_owned);
+    let authorization = head
+        .single("Authorization")
+        .map_err(|_| Refusal::new(BAD_REQUEST, "Authorization given more than once"))?
+        .map(str::to_owned);
+    let mut expect_continue = false;
+    for value in head.values("Expect") {
+        for expectation in value.split(',').map(|e| e.trim_matches([' ', '\t'])) {
+            if expectation.eq_ignore_ascii_case("100-continue") {
+                expect_continue = true;
+            } else if !expectation.is_empty() {
+                return Err(Refusal::new(
+                    "417 Expectation Failed",
+                    "only Expect: 100-continue is supported",
+                ));
+            }
+        }
     }
     let connection = head
         .header("Connection")
         .unwrap_or_default()
         .to_ascii_lowercase();
     Ok(ControlRequest {
-        origin: head.header("Origin").map(str::to_owned),
-        authorization: head.header("Authorization").map(str::to_owned),
+        host,
+        origin,
+        authorization,
         content_length,
+        // RFC 9110 10.1.1: an HTTP/1.0 client cannot take a 100 response.
+        expect_continue: expect_continue && head.version >= 1,
         close: connection == "close" || (head.version == 0 && connection != "keep-alive"),
+        version: head.version,
         method: head.method,
         path: head.target,
     })
+}
+
+/// Who may use the controller port over HTTP, and the body bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Gate<'a> {
+    /// `ControllerHosts` plus `ControllerIP`: the names `Host` may give.
+    pub hosts: &'a [String],
+    /// `AllowedOrigins`: the pages (by `Origin`) that may use the port.
+    pub origins: &'a [String],
+    /// `MaxControllerLineBytes`: the largest body.
+    pub max_body: usize,
+}
+
+/// Checks a parsed head against the gate, before any body is read:
+/// a `Host` this port does not answer for (DNS rebinding) gets 421, an
+/// `Origin` not in `AllowedOrigins` (a page in a browser; tools send none)
+/// gets 403, a POST without `Content-Length` 411, a body over the bound 413.
+pub fn screen(request: &ControlRequest, gate: &Gate) -> Result<(), Refusal> {
+    if let Some(host) = &request.host
+        && !http::host_allowed(host, gate.hosts)
+    {
+        return Err(Refusal::new(
+            "421 Misdirected Request",
+            "this port does not answer for that Host (see ControllerHosts)",
+        ));
+    }
+    if let Some(origin) = &request.origin
+        && !http::origin_allowed(gate.origins, origin)
+    {
+        return Err(Refusal::new(
+            "403 Forbidden",
+            "requests from this Origin are not allowed (see AllowedOrigins)",
+        ));
+    }
+    if request.method == "POST" && request.content_length.is_none() {
+        return Err(HttpError::LengthRequired.into());
+    }
+    let too_large = request
+        .content_length
+        .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > gate.max_body));
+    if too_large {
+        return Err(Refusal::new(
+            "413 Content Too Large",
+            "the body is over MaxControllerLineBytes",
+        ));
+    }
+    Ok(())
+}
+
+/// The body length of a screened request.
+pub fn body_len(request: &ControlRequest) -> usize {
+    request
+        .content_length
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0)
 }
 
 /// A complete response.
@@ -78,25 +237,7 @@ fn response(status: &str, content_type: &str, body: &str, extra: &str, close: bo
 
 /// The response to a head that could not be parsed or was too large.
 pub fn error_response(error: HttpError) -> Vec<u8> {
-    let status = error.status();
-    response(
-        status,
-        "text/plain; charset=utf-8",
-        &format!("{status}\n"),
-        "",
-        true,
-    )
-}
-
-/// The response to a body over `MaxControllerLineBytes`.
-pub fn too_large_response() -> Vec<u8> {
-    response(
-        "413 Content Too Large",
-        "text/plain; charset=utf-8",
-        "413 Content Too Large\n",
-        "",
-        true,
-    )
+    Refusal::from(error).response()
 }
 
 fn json_string(out: &mut String, bytes: &[u8]) {
@@ -147,6 +288,110 @@ pub fn respond(request: &ControlRequest, body: &[u8], ctx: &mut Context) -> Answ
     })
 }
 
+/// What a request asks for, once its head passed `screen` and `endpoint`.
+#[derive(Debug, PartialEq, Eq)]
+enum Endpoint<'r> {
+    /// `OPTIONS`: the CORS preflight (needs no password).
+    Preflight,
+    /// `POST /pub/<channel>`, the channel name checked.
+    Publish(&'r str),
+    Channels,
+    Stats,
+    Metrics,
+}
+
+/// An answer that the head alone decides (the body does not matter).
+#[derive(Debug, PartialEq, Eq)]
+struct Refused {
+    status: &'static str,
+    body: &'static str,
+    /// Add `WWW-Authenticate: Bearer` (a 401).
+    challenge: bool,
+}
+
+impl Refused {
+    const fn new(status: &'static str, body: &'static str) -> Refused {
+        Refused {
+            status,
+            body,
+            challenge: false,
+        }
+    }
+
+    fn response(&self, cors: &str, close: bool) -> Vec<u8> {
+        let mut extra = cors.to_owned();
+        if self.challenge {
+            extra.push_str("WWW-Authenticate: Bearer\r\n");
+        }
+        let text = "text/plain; charset=utf-8";
+        response(self.status, text, self.body, &extra, close)
+    }
+}
+
+/// Routes a request and checks its password and channel name.
+fn endpoint<'r>(
+    request: &'r ControlRequest,
+    password: Option<&[u8]>,
+    max_channel_name: usize,
+) -> Result<Endpoint<'r>, Refused> {
+    if request.method == "OPTIONS" {
+        return Ok(Endpoint::Preflight);
+    }
+    if let Some(expected) = password {
+        let given = request
+            .authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same_secret(g.as_bytes(), expected)) {
+            return Err(Refused {
+                challenge: true,
+                ..Refused::new("401 Unauthorized", "401 Unauthorized\n")
+            });
+        }
+    }
+    let not_allowed = Refused::new("405 Method Not Allowed", "405 Method Not Allowed\n");
+    let path = request.path.split('?').next().unwrap_or_default();
+    match (request.method.as_str(), path) {
+        ("POST", p) if p.starts_with("/pub/") => {
+            let channel = &p[5..];
+            let valid = !channel.is_empty()
+                && !channel
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b == b'/');
+            if !valid {
+                return Err(Refused::new(
+                    BAD_REQUEST,
+                    "400 Bad Request: no valid channel name in the path\n",
+                ));
+            }
+            if channel.len() > max_channel_name {
+                return Err(Refused::new(
+                    BAD_REQUEST,
+                    "400 Bad Request: channel name too long\n",
+                ));
+            }
+            Ok(Endpoint::Publish(channel))
+        }
+        ("GET", "/channels") => Ok(Endpoint::Channels),
+        ("GET", "/stats") => Ok(Endpoint::Stats),
+        ("GET", "/metrics") => Ok(Endpoint::Metrics),
+        (_, "/channels" | "/stats" | "/metrics") => Err(not_allowed),
+        (_, p) if p.starts_with("/pub/") => Err(not_allowed),
+        _ => Err(Refused::new("404 Not Found", "404 Not Found\n")),
+    }
+}
+
+/// For a head that asked for `100 Continue`: the answer, when the request
+/// will be refused whatever its body (wrong password, unknown path, bad
+/// channel name), so that it is sent at once instead of `100 Continue`. The
+/// response closes the connection, as the body is never read.
+pub fn refuse_before_body(request: &ControlRequest, ctx: &Context) -> Option<Vec<u8>> {
+    let password = ctx.config.controller_password.as_deref();
+    let refused = endpoint(request, password, ctx.config.limits.channel_name_length).err()?;
+    let cors = cors_lines(&ctx.config.allowed_origins, request.origin.as_deref());
+    Some(refused.response(&cors, true))
+}
+
 fn respond_now(
     request: &ControlRequest,
     body: &[u8],
@@ -154,71 +399,46 @@ fn respond_now(
 ) -> Result<Vec<u8>, Answer> {
     let cors = cors_lines(&ctx.config.allowed_origins, request.origin.as_deref());
     let close = request.close;
-    let text = "text/plain; charset=utf-8";
     let json = "application/json";
-    if request.method == "OPTIONS" {
-        let extra = format!(
-            "{cors}Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n\
-             Access-Control-Allow-Headers: Authorization, Content-Type\r\nAccess-Control-Max-Age: 600\r\n"
-        );
-        return Ok(response("204 No Content", text, "", &extra, close));
-    }
-    if let Some(expected) = ctx.config.controller_password.as_deref() {
-        let given = request
-            .authorization
-            .as_deref()
-            .and_then(|a| a.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| same_secret(g.as_bytes(), expected)) {
+    let endpoint = match endpoint(
+        request,
+        ctx.config.controller_password.as_deref(),
+        ctx.config.limits.channel_name_length,
+    ) {
+        Ok(endpoint) => endpoint,
+        Err(refused) => {
             ctx.stats.errors_served += 1;
-            let extra = format!("{cors}WWW-Authenticate: Bearer\r\n");
-            return Ok(response(
-                "401 Unauthorized",
-                text,
-                "401 Unauthorized\n",
-                &extra,
-                close,
-            ));
+            return Ok(refused.response(&cors, close));
         }
-    }
-    let path = request.path.split('?').next().unwrap_or_default();
-    let (status, content_type, payload) = match (request.method.as_str(), path) {
-        ("POST", p) if p.starts_with("/pub/") => match publish(&p[5..], body, ctx) {
-            Published::Now(reply) => reply,
+    };
+    let (content_type, payload) = match endpoint {
+        Endpoint::Preflight => {
+            let extra = format!(
+                "{cors}Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n\
+                 Access-Control-Allow-Headers: Authorization, Content-Type\r\nAccess-Control-Max-Age: 600\r\n"
+            );
+            let text = "text/plain; charset=utf-8";
+            return Ok(response("204 No Content", text, "", &extra, close));
+        }
+        Endpoint::Publish(channel) => match publish(channel, body, ctx) {
+            Published::Now(id) => (json, format!("{{\"id\":{id}}}\n")),
             Published::Later => return Err(Answer::Later { cors }),
             Published::Unavailable => {
                 ctx.stats.errors_served += 1;
                 return Ok(unavailable(&cors, close));
             }
         },
-        ("GET", "/channels") => ("200 OK", json, channels(ctx)),
-        ("GET", "/stats") => ("200 OK", json, stats(ctx)),
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics(ctx),
-        ),
-        (_, "/channels" | "/stats" | "/metrics") => (
-            "405 Method Not Allowed",
-            text,
-            "405 Method Not Allowed\n".into(),
-        ),
-        (_, p) if p.starts_with("/pub/") => (
-            "405 Method Not Allowed",
-            text,
-            "405 Method Not Allowed\n".into(),
-        ),
-        _ => ("404 Not Found", text, "404 Not Found\n".into()),
+        Endpoint::Channels => (json, channels(ctx)),
+        Endpoint::Stats => (json, stats(ctx)),
+        Endpoint::Metrics => ("text/plain; version=0.0.4; charset=utf-8", metrics(ctx)),
     };
-    if !status.starts_with('2') {
-        ctx.stats.errors_served += 1;
-    }
-    Ok(response(status, content_type, &payload, &cors, close))
+    Ok(response("200 OK", content_type, &payload, &cors, close))
 }
 
 /// How a publish went.
 enum Published {
-    /// Done here: (status, content type, body).
-    Now((&'static str, &'static str, String)),
+    /// Done here, with this id.
+    Now(u64),
     /// Answered later by the hub.
     Later,
     /// The backend is not reachable.
@@ -226,25 +446,6 @@ enum Published {
 }
 
 fn publish(channel: &str, body: &[u8], ctx: &mut Context) -> Published {
-    let text = "text/plain; charset=utf-8";
-    let valid = !channel.is_empty()
-        && !channel
-            .bytes()
-            .any(|b| b.is_ascii_whitespace() || b == b'/');
-    if !valid {
-        return Published::Now((
-            "400 Bad Request",
-            text,
-            "400 Bad Request: no valid channel name in the path\n".into(),
-        ));
-    }
-    if channel.len() > ctx.config.limits.channel_name_length {
-        return Published::Now((
-            "400 Bad Request",
-            text,
-            "400 Bad Request: channel name too long\n".into(),
-        ));
-    }
     match ctx.hub.publish(
         ctx.stats,
         Some(ctx.id),
@@ -252,9 +453,7 @@ fn publish(channel: &str, body: &[u8], ctx: &mut Context) -> Published {
         body,
         ctx.now_ms,
     ) {
-        Publish::Done(id) => {
-            Published::Now(("200 OK", "application/json", format!("{{\"id\":{id}}}\n")))
-        }
+        Publish::Done(id) => Published::Now(id),
         Publish::Pending => Published::Later,
         Publish::Unavailable => Published::Unavailable,
     }
@@ -386,21 +585,165 @@ mod tests {
         assert!(!is_request_line(b"SHOWSTATS"));
     }
 
+    fn parse(head: &str) -> Result<ControlRequest, Refusal> {
+        parse_request(head.as_bytes(), 16)
+    }
+
+    fn status(head: &str) -> &'static str {
+        match parse(head) {
+            Ok(_) => "ok",
+            Err(r) => r.status,
+        }
+    }
+
     #[test]
     fn heads_parse() {
-        let r = parse_request(
-            b"POST /pub/a HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\n",
-            8,
+        let r = parse(
+            "POST /pub/a HTTP/1.1\r\nHost: localhost:4671\r\nContent-Length: 3\r\nConnection: close\r\n\r\n",
         );
         assert_eq!(r.as_ref().map(|r| r.content_length), Ok(Some(3)));
+        assert_eq!(r.as_ref().map(|r| r.host.as_deref()), Ok(Some("localhost")));
         assert_eq!(r.map(|r| r.close), Ok(true));
+        assert_eq!(parse("GET / HTTP/1.0\r\n\r\n").map(|r| r.close), Ok(true));
+        assert_eq!(parse("GET / HTTP/1.0\r\n\r\n").map(|r| r.host), Ok(None));
+    }
+
+    #[test]
+    fn lengths_are_digits_and_single() {
+        let post = |cl: &str| {
+            status(&format!(
+                "POST /pub/a HTTP/1.1\r\nHost: localhost\r\n{cl}\r\n"
+            ))
+        };
+        assert_eq!(post("Content-Length: 3\r\n"), "ok");
+        assert_eq!(post("Content-Length:  3 \t\r\n"), "ok");
+        assert_eq!(post("Content-Length: 99999999999999999999999\r\n"), "ok");
+        for bad in [
+            "Content-Length: x\r\n",
+            "Content-Length: +3\r\n",
+            "Content-Length: -1\r\n",
+            "Content-Length: 3 3\r\n",
+            "Content-Length: 3,3\r\n",
+            "Content-Length: 0x3\r\n",
+            "Content-Length:\r\n",
+            "Content-Length: \u{a0}3\r\n",
+            "Content-Length: 3\r\nContent-Length: 3\r\n",
+            "Content-Length: 3\r\ncontent-length: 4\r\n",
+        ] {
+            assert_eq!(post(bad), "400 Bad Request", "{bad:?}");
+        }
+        for te in ["chunked", "", "identity", "gzip, chunked"] {
+            let head = format!("Transfer-Encoding: {te}\r\n");
+            assert_eq!(post(&head), "501 Not Implemented", "{te:?}");
+            let both = format!("Content-Length: 3\r\n{head}");
+            assert_eq!(post(&both), "501 Not Implemented", "{te:?} with a length");
+        }
+    }
+
+    #[test]
+    fn strict_field_syntax() {
+        for bad in [
+            "GET /stats HTTP/1.1\r\nHost: localhost\r\nA: b\r\n c\r\n\r\n",
+            "GET /stats HTTP/1.1\r\nHost : localhost\r\n\r\n",
+            "GET /stats HTTP/1.1\r\nHost\t: localhost\r\n\r\n",
+            "GET /stats HTTP/1.1\r\nHo(st: localhost\r\n\r\n",
+            "GET /stats HTTP/1.1\r\nHost: local\x01host\r\n\r\n",
+            "G@T /stats HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "GET  /stats HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "GET /stats HTTP/1.1\r\n\r\n",
+            "GET /stats HTTP/1.1\r\nHost: localhost\r\nHost: localhost\r\n\r\n",
+            "GET /stats HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET /stats HTTP/1.1\r\nHost: local host\r\n\r\n",
+            "GET /stats HTTP/1.1\r\nHost: localhost:80x\r\n\r\n",
+            "GET /stats HTTP/1.1\r\nHost: [::1\r\n\r\n",
+            "GET /stats HTTP/1.1\r\nHost: a@b\r\n\r\n",
+            "GET /stats HTTP/1.1\r\nHost:\r\n\r\n",
+            "GET /stats HTTP/1.1\r\nHost: x\r\nOrigin: a\r\nOrigin: a\r\n\r\n",
+        ] {
+            assert_eq!(status(bad), "400 Bad Request", "{bad:?}");
+        }
         assert_eq!(
-            parse_request(b"POST /pub/a HTTP/1.1\r\nContent-Length: x\r\n\r\n", 8),
-            Err(HttpError::BadRequest)
+            status("POST /pub/a HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n"),
+            "417 Expectation Failed"
+        );
+        let expects = |head: &str| parse(head).map(|r| r.expect_continue);
+        assert_eq!(
+            expects("POST /pub/a HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\n\r\n"),
+            Ok(true)
         );
         assert_eq!(
-            parse_request(b"GET / HTTP/1.0\r\n\r\n", 8).map(|r| r.close),
-            Ok(true)
+            expects("POST /pub/a HTTP/1.0\r\nExpect: 100-continue\r\n\r\n"),
+            Ok(false)
+        );
+    }
+
+    #[test]
+    fn the_gate_checks_host_origin_and_length() {
+        let hosts = [
+            "localhost".to_owned(),
+            "[::1]".to_owned(),
+            "10.0.0.5".to_owned(),
+        ];
+        let origins = ["http://app.example".to_owned()];
+        let gate = Gate {
+            hosts: &hosts,
+            origins: &origins,
+            max_body: 10,
+        };
+        let check = |head: &str| match parse(head).and_then(|r| screen(&r, &gate)) {
+            Ok(()) => "ok",
+            Err(r) => r.status,
+        };
+        let get = |headers: &str| check(&format!("GET /stats HTTP/1.1\r\n{headers}\r\n"));
+        assert_eq!(get("Host: localhost\r\n"), "ok");
+        assert_eq!(get("Host: LOCALHOST.:4671\r\n"), "ok");
+        assert_eq!(get("Host: [::1]:4671\r\n"), "ok");
+        assert_eq!(get("Host: 10.0.0.5:1\r\n"), "ok");
+        assert_eq!(get("Host: evil.example\r\n"), "421 Misdirected Request");
+        assert_eq!(
+            get("Host: localhost.evil.example\r\n"),
+            "421 Misdirected Request"
+        );
+        assert_eq!(get("Host: 127.0.0.1\r\n"), "421 Misdirected Request");
+        assert_eq!(check("GET /stats HTTP/1.0\r\n\r\n"), "ok");
+        assert_eq!(
+            get("Host: localhost\r\nOrigin: http://app.example\r\n"),
+            "ok"
+        );
+        assert_eq!(
+            get("Host: localhost\r\nOrigin: http://evil.example\r\n"),
+            "403 Forbidden"
+        );
+        assert_eq!(get("Host: localhost\r\nOrigin: null\r\n"), "403 Forbidden");
+        let post = |headers: &str| {
+            check(&format!(
+                "POST /pub/a HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n"
+            ))
+        };
+        assert_eq!(post("Content-Length: 10\r\n"), "ok");
+        assert_eq!(post("Content-Length: 11\r\n"), "413 Content Too Large");
+        assert_eq!(
+            post("Content-Length: 99999999999999999999999\r\n"),
+            "413 Content Too Large"
+        );
+        assert_eq!(post(""), "411 Length Required");
+        let any = ["*".to_owned()];
+        let open = Gate {
+            hosts: &any,
+            origins: &any,
+            max_body: 10,
+        };
+        let r = parse("GET /stats HTTP/1.1\r\nHost: x.example\r\nOrigin: http://y\r\n\r\n");
+        assert_eq!(r.and_then(|r| screen(&r, &open)), Ok(()));
+    }
+
+    #[test]
+    fn refusals_say_why_and_close() {
+        let r = Refusal::new("403 Forbidden", "no").response();
+        assert_eq!(
+            String::from_utf8_lossy(&r),
+            "HTTP/1.1 403 Forbidden\r\nServer: meteord\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Cache-Control: no-store\r\nContent-Length: 18\r\nConnection: close\r\n\r\n403 Forbidden: no\n"
         );
     }
 }

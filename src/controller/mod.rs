@@ -56,6 +56,8 @@ pub struct Controller {
     awaiting: VecDeque<Awaiting>,
     /// The peer closed its sending side: answer what is buffered, then close.
     peer_done: bool,
+    /// `100 Continue` was sent for the HTTP request being read.
+    continued: bool,
 }
 
 /// A reply owed once the hub has answered a publish.
@@ -104,6 +106,7 @@ impl Controller {
             lines: 0,
             awaiting: VecDeque::new(),
             peer_done: false,
+            continued: false,
         }
     }
 
@@ -298,21 +301,31 @@ impl Controller {
             if head_len > head_bytes {
                 return self.fail_http(http::error_response(HttpError::HeadTooLarge), ctx);
             }
-            let request = match http::parse_request(&self.partial[..head_len], header_lines) {
-                Ok(request) => request,
-                Err(error) => return self.fail_http(http::error_response(error), ctx),
+            let gate = http::Gate {
+                hosts: &ctx.config.controller_hosts,
+                origins: &ctx.config.allowed_origins,
+                max_body,
             };
-            let body_len = request.content_length.unwrap_or(0);
-            if body_len > max_body {
-                return self.fail_http(http::too_large_response(), ctx);
-            }
-            if request.method == "POST" && request.content_length.is_none() {
-                let error = http::error_response(HttpError::LengthRequired);
-                return self.fail_http(error, ctx);
-            }
+            // Malformed heads, foreign Host or Origin, no or too large a
+            // length: refused at once, the body unread, and closed.
+            let request = http::parse_request(&self.partial[..head_len], header_lines)
+                .and_then(|r| http::screen(&r, &gate).map(|()| r));
+            let request = match request {
+                Ok(request) => request,
+                Err(refusal) => return self.fail_http(refusal.response(), ctx),
+            };
+            let body_len = http::body_len(&request);
             if self.partial.len() < head_len + body_len {
+                if request.expect_continue && !self.continued {
+                    if let Some(response) = http::refuse_before_body(&request, ctx) {
+                        return self.fail_http(response, ctx);
+                    }
+                    self.out.extend_from_slice(http::CONTINUE);
+                    self.continued = true;
+                }
                 return;
             }
+            self.continued = false;
             self.lines += 1;
             ctx.commands_left -= 1;
             ctx.bytes_left = ctx.bytes_left.saturating_sub(head_len + body_len);

@@ -2,6 +2,7 @@
 //! definitions, a disconnect request, or a static document.
 
 use crate::channel::Backlog;
+use crate::http::digits;
 
 /// One entry of a push URL's channel list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,17 +33,6 @@ pub enum Route {
 
 fn is_id(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
-/// Reads digits as a number, saturating; None if there are none or any
-/// other character.
-fn digits(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(s.iter().fold(0u64, |n, d| {
-        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
-    }))
 }
 
 /// Parses `<name>`, `<name>.r<id>`, `<name>.b<n>` or `<name>.h[digits]`;

@@ -301,7 +301,7 @@ fn publish_http(
         .map(|p| format!("Authorization: Bearer {p}\r\n"))
         .unwrap_or_default();
     let req = format!(
-        "POST /pub/{channel} HTTP/1.1\r\nHost: soak\r\n{auth}Content-Length: {}\r\n\r\n{text}",
+        "POST /pub/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: {}\r\n\r\n{text}",
         text.len()
     );
     let result = (|| {

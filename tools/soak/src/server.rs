@@ -269,7 +269,8 @@ impl Target {
             .as_ref()
             .map(|p| format!("Authorization: Bearer {p}\r\n"))
             .unwrap_or_default();
-        let req = format!("GET /stats HTTP/1.1\r\nHost: soak\r\n{auth}Connection: close\r\n\r\n");
+        let req =
+            format!("GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n");
         let got = wire::exchange(self.ctl, req.as_bytes(), Duration::from_secs(5))?;
         let text = String::from_utf8_lossy(&got).into_owned();
         if !text.starts_with("HTTP/1.1 200") {
