@@ -18,7 +18,6 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// The keys share one hash tag so that a script touches one Redis Cluster slot.
@@ -57,38 +56,7 @@ const FLOOR_SCRIPT: &[u8] = b"local cur = tonumber(redis.call('GET', KEYS[1]) or
 if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1";
 
-/// `RedisAddress`: `[password@]host:port[/db]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisSettings {
-    pub addr: SocketAddr,
-    pub password: Option<Vec<u8>>,
-    pub db: u32,
-}
-
-impl RedisSettings {
-    /// Parses `RedisAddress`; the host is resolved once, here.
-    pub fn parse(value: &str) -> Result<RedisSettings, String> {
-        let (password, rest) = match value.rsplit_once('@') {
-            Some((p, r)) => (Some(p.as_bytes().to_vec()), r),
-            None => (None, value),
-        };
-        let (host, db) = match rest.split_once('/') {
-            Some((h, d)) => (
-                h,
-                d.parse()
-                    .map_err(|_| format!("'{d}' is not a database index"))?,
-            ),
-            None => (rest, 0),
-        };
-        use std::net::ToSocketAddrs;
-        let addr = host
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve '{host}': {e}"))?
-            .next()
-            .ok_or_else(|| format!("'{host}' has no address"))?;
-        Ok(RedisSettings { addr, password, db })
-    }
-}
+pub use crate::config::RedisSettings;
 
 /// Which of the two links a connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -712,16 +680,6 @@ fn stream_event(channel: &[u8], entry: Value) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses() -> Result<(), String> {
-        let s = RedisSettings::parse("pw@127.0.0.1:6380/2")?;
-        assert_eq!(s.addr, SocketAddr::from(([127, 0, 0, 1], 6380)));
-        assert_eq!(s.password, Some(b"pw".to_vec()));
-        assert_eq!(s.db, 2);
-        assert!(RedisSettings::parse("127.0.0.1:1/x").is_err());
-        Ok(())
-    }
 
     #[test]
     fn events_and_entries() {

@@ -10,6 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::rc::Rc;
 
+mod redis;
+
+pub use redis::RedisSettings;
+
 /// Where a key may be set: globally only, or also per subscriber mode.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Scope {
@@ -657,7 +661,7 @@ pub struct Config {
     pub controller_password: Option<Vec<u8>>,
     pub limits: Limits,
     /// `RedisAddress`, parsed; None when standalone.
-    pub redis: Option<crate::cluster::RedisSettings>,
+    pub redis: Option<RedisSettings>,
     pub global_mode: Rc<Mode>,
     pub modes: HashMap<String, Rc<Mode>>,
     /// Warnings found while loading (e.g. PingInterval 1), logged by the caller.
@@ -846,7 +850,7 @@ impl Config {
             redis: match r.string("RedisAddress", None)?.trim() {
                 "" => None,
                 value => Some(
-                    crate::cluster::RedisSettings::parse(value)
+                    RedisSettings::parse(value)
                         .map_err(|e| error(format!("RedisAddress: {e}")))?,
                 ),
             },
