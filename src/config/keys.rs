@@ -325,7 +325,7 @@ keys! {
         default: "0",
         scope: Scope::Global,
         kind: count(0, MAX_CONNECTIONS),
-        help: "Most subscriber-port connections at once (then 503; 0: as many as descriptors allow); the maximum is Linux's own ceiling on descriptors",
+        help: "Most subscriber-port connections at once (then 503; 0: every descriptor not kept for MaxControllers); the maximum is Linux's own ceiling on descriptors",
     };
     MAX_TIME = Key {
         name: "MaxTime",

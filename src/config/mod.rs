@@ -79,14 +79,21 @@ fn raw_with(file: &RawSettings, command_line: &RawSettings) -> RawSettings {
 /// the mode's own, with templates parsed once.
 #[derive(Debug)]
 pub struct Mode {
+    /// `HeaderTemplate`: the response head and page start.
     pub header: Template,
     /// Shared with channel buffers rendered from it.
     pub message: Rc<Template>,
+    /// `ChannelInfoTemplate`: one per requested channel, for ~channelinfo~.
     pub channel_info: Template,
+    /// `PingMessage`, escapes expanded.
     pub ping: Vec<u8>,
+    /// `SubscriberShutdownMsg`, escapes expanded.
     pub shutdown: Vec<u8>,
+    /// `Persist`: stay open for new messages after the backlog.
     pub persist: bool,
+    /// `MaxMessages`; 0 is no limit.
     pub max_messages: u64,
+    /// `MaxTime` in seconds (at most `keys::MAX_SECONDS`); 0 is no limit.
     pub max_time: u64,
     /// Seconds between pings; 0 when off.
     pub ping_interval: u64,
@@ -96,17 +103,28 @@ pub struct Mode {
 /// its key's range: no minimum is applied silently.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// `MaxRequestHeadBytes` (at least 64).
     pub head_bytes: usize,
+    /// `MaxHeaderLines` (1 to `keys::HEADER_LINES_MAX`).
     pub header_lines: usize,
+    /// `HeadTimeout` in seconds (1 to `keys::MAX_SECONDS`).
     pub head_timeout: u64,
+    /// `MaxControllerLineBytes` (at least 64).
     pub controller_line_bytes: usize,
+    /// `MaxControllers` (1 to `keys::MAX_CONNECTIONS`).
     pub controllers: usize,
-    /// 0 until the server knows its descriptor limit.
+    /// `MaxSubscribers` (at most `keys::MAX_CONNECTIONS`); 0 leaves it to
+    /// the server, which knows its descriptor limit.
     pub subscribers: usize,
+    /// `MaxChannelNameLength` (at least 1).
     pub channel_name_length: usize,
+    /// `MaxChannelsPerRequest` (at least 1).
     pub channels_per_request: usize,
+    /// `WriteTimeout` in seconds (1 to `keys::MAX_SECONDS`).
     pub write_timeout: u64,
+    /// `UDPMaxBytes` (16 to 65535).
     pub udp_bytes: usize,
+    /// `ListenBacklog` (at least 1).
     pub listen_backlog: i32,
 }
 
@@ -125,6 +143,7 @@ pub struct Config {
     pub syslog_socket: PathBuf,
     pub foreground: bool,
     pub pid_file: Option<PathBuf>,
+    /// `DrainTimeout` in seconds (at most `keys::MAX_SECONDS`).
     pub drain_timeout: u64,
     pub log_time_format: TimeFormat,
     pub document_root: Option<PathBuf>,
@@ -132,7 +151,9 @@ pub struct Config {
     /// `AllowedOrigins`, split on whitespace.
     pub allowed_origins: Vec<String>,
     pub dynamic_page_address: String,
+    /// `MaxMessagesPerChannel` (at most `keys::MAX_REDIS_COUNT`).
     pub max_messages_per_channel: usize,
+    /// `MaxMessageAge` in seconds (at most `keys::MAX_SECONDS`); 0 is no limit.
     pub max_message_age: u64,
     pub controller_shutdown: Vec<u8>,
     /// `ControllerPassword`; None when empty.
