@@ -422,3 +422,206 @@ fn missing_default_file_runs_on_defaults_and_says_so() {
     assert!(warned, "the missing default file must be logged");
     assert!(listening, "the server must run on its defaults");
 }
+
+// ---------------------------------------------------------------------------
+// Ranges: every number is refused at start outside its key's range, so
+// nothing the operator writes can overflow a deadline or an allocation later.
+// ---------------------------------------------------------------------------
+
+/// The keys whose values become durations (seconds).
+const DURATION_KEYS: [&str; 6] = [
+    "HeadTimeout",
+    "WriteTimeout",
+    "MaxTime",
+    "PingInterval",
+    "DrainTimeout",
+    "MaxMessageAge",
+];
+
+/// 2^63 and 2^64 - 1: the values that used to start and then abort.
+const HUGE: [&str; 2] = ["9223372036854775808", "18446744073709551615"];
+
+/// The longest duration accepted: ten years.
+const TEN_YEARS: &str = "315360000";
+
+/// Like `expect_fatal`, but the message must contain every one of `needles`.
+fn expect_refusal(args: &[&str], conf: &str, needles: &[&str]) {
+    let dir = TempDir::new("cfg");
+    let conf_path = dir.join("c.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let all = std_args(&conf_path, &dir.path, args);
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let r = run_meteord(&refs, RUN);
+    assert_eq!(
+        r.code,
+        Some(1),
+        "{args:?} / {conf:?} should exit 1 (None = still running); stderr: {}",
+        r.stderr
+    );
+    for needle in needles {
+        assert!(
+            r.stderr.contains(needle),
+            "{args:?} / {conf:?}: the message should contain {needle:?}; stderr: {:?}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn huge_durations_are_refused_naming_the_key_and_the_maximum() {
+    for key in DURATION_KEYS {
+        for value in HUGE {
+            let flag = format!("-{key}");
+            let message = format!("{key}: {value} is above the maximum of {TEN_YEARS} seconds");
+            expect_refusal(&[&flag, value], "", &[&message]);
+        }
+        // In the file too, and one second more than the maximum.
+        let conf = format!("{key} 315360001\n");
+        expect_refusal(&[], &conf, &[key, "above the maximum of 315360000"]);
+    }
+    // Per mode, the message names the key and the mode.
+    expect_refusal(&["-MaxTime.x", HUGE[0]], "", &["MaxTime.x: ", "maximum"]);
+    expect_refusal(
+        &[],
+        &format!("[x]\nPingInterval {}\n", HUGE[1]),
+        &["PingInterval.x: ", "maximum"],
+    );
+    // More digits than any u64: above the maximum, not "not a number".
+    expect_refusal(
+        &["-HeadTimeout", "99999999999999999999999"],
+        "",
+        &["HeadTimeout: 99999999999999999999999 is above the maximum"],
+    );
+}
+
+#[test]
+fn durations_of_ten_years_run_and_every_deadline_is_computed() {
+    // A header far larger than any socket buffer, so that writing it to a
+    // subscriber that reads nothing blocks (the WriteTimeout stall deadline).
+    let big = "x".repeat(16 * 1024 * 1024);
+    let conf = format!("{TEST_CONF}\n[big]\nPersist 1\nHeaderTemplate {big}\n");
+    let mut args = Vec::new();
+    for key in DURATION_KEYS {
+        args.push(format!("-{key}"));
+        args.push(TEN_YEARS.to_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut s = Server::start(&args, &conf);
+    let mut ctl = s.ctl();
+    // HeadTimeout: a head that never completes.
+    let mut idle = s.connect_sub();
+    idle.send(b"GET /push/h9/stream/a HTTP/1.1\r\n");
+    // PingInterval and MaxTime: a persistent subscriber.
+    let mut sub = s.subscribe("/push/h1/stream/a", HDR_OK);
+    // MaxMessageAge: a cached message, hence an expiry.
+    ctl.add("a", "x");
+    sub.expect_str("1:a:x\n");
+    // WriteTimeout: an error reply (written under a deadline)...
+    let mut bad = s.request(b"garbage\r\n\r\n");
+    let got = String::from_utf8_lossy(&bad.read_to_end(WAIT)).into_owned();
+    assert!(got.contains(" 400 "), "expected a 400 reply, got {got:?}");
+    // ...and a subscriber whose writes stall.
+    let mut stuck = connect_small_rcvbuf(s.sub_addr, 4096);
+    stuck.send(get_request("/push/h2/big/a").as_bytes());
+    assert_eq!(ctl.wait_count("a", 2, WAIT), 2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(s.alive(), "meteord died; logs:\n{}", s.logs().join("\n"));
+    // Still answering: a message reaches the subscriber, nothing else came.
+    assert_eq!(ctl.add("a", "y"), 2);
+    sub.expect_str("2:a:y\n");
+    drop(stuck);
+    drop(idle);
+    assert_eq!(ctl.wait_count("a", 1, WAIT), 1);
+    // DrainTimeout: computed at shutdown; with nothing left to send the
+    // server exits at once, and cleanly.
+    s.signal("TERM");
+    sub.expect_str("BYE\n");
+    sub.expect_eof();
+    let status = s.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.and_then(|st| st.code()),
+        Some(0),
+        "exit after SIGTERM; logs:\n{}",
+        s.logs().join("\n")
+    );
+}
+
+#[test]
+fn values_below_a_minimum_are_refused_not_raised_silently() {
+    for (key, value, minimum) in [
+        ("HeadTimeout", "0", "minimum of 1 second"),
+        ("WriteTimeout", "0", "minimum of 1 second"),
+        ("MaxRequestHeadBytes", "63", "minimum of 64 bytes"),
+        ("MaxControllerLineBytes", "20", "minimum of 64 bytes"),
+        ("UDPMaxBytes", "15", "minimum of 16 bytes"),
+        ("MaxHeaderLines", "0", "minimum of 1"),
+        ("MaxControllers", "0", "minimum of 1"),
+        ("MaxChannelNameLength", "0", "minimum of 1"),
+        ("MaxChannelsPerRequest", "0", "minimum of 1"),
+        ("ListenBacklog", "0", "minimum of 1"),
+    ] {
+        let message = format!("{key}: {value} is below the {minimum}");
+        expect_refusal(&[&format!("-{key}"), value], "", &[&message]);
+    }
+}
+
+#[test]
+fn counts_above_their_maximum_are_refused() {
+    for (key, value, maximum) in [
+        ("MaxHeaderLines", "10001", "maximum of 10000"),
+        ("MaxControllers", "1073741825", "maximum of 1073741824"),
+        ("MaxSubscribers", HUGE[1], "maximum of 1073741824"),
+        ("UDPMaxBytes", "65536", "maximum of 65535 bytes"),
+        ("ListenBacklog", "2147483648", "maximum of 2147483647"),
+        (
+            "MaxMessagesPerChannel",
+            HUGE[0],
+            "maximum of 9223372036854775807",
+        ),
+        ("SubscriberPort", "65536", "maximum of 65535"),
+        ("MaxMessages", "18446744073709551616", "maximum of"),
+    ] {
+        let message = format!("{key}: {value} is above the {maximum}");
+        expect_refusal(&[&format!("-{key}"), value], "", &[&message]);
+    }
+}
+
+#[test]
+fn sizes_at_their_maximum_run() {
+    let mut s = Server::start_test(&[
+        "-MaxRequestHeadBytes",
+        HUGE[1],
+        "-MaxControllerLineBytes",
+        HUGE[1],
+        "-MaxChannelNameLength",
+        HUGE[1],
+        "-MaxChannelsPerRequest",
+        HUGE[1],
+        "-MaxMessages",
+        HUGE[1],
+        "-MaxMessagesPerChannel",
+        "9223372036854775807",
+        "-MaxHeaderLines",
+        "10000",
+        "-MaxControllers",
+        "1073741824",
+        "-MaxSubscribers",
+        "1073741824",
+        "-ListenBacklog",
+        "2147483647",
+        "-UDPMaxBytes",
+        "65535",
+    ]);
+    let mut ctl = s.ctl();
+    // A request with many header lines, on a persistent stream.
+    let headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let mut sub =
+        s.request(format!("GET /push/h1/stream/a HTTP/1.1\r\nHost: t\r\n{headers}\r\n").as_bytes());
+    sub.expect_str(HDR_OK);
+    for text in ["m1", "m2", "m3"] {
+        ctl.add("a", text);
+    }
+    sub.expect_str("1:a:m1\n2:a:m2\n3:a:m3\n");
+    assert_eq!(ctl.count("a"), 1);
+    assert!(s.alive(), "meteord died; logs:\n{}", s.logs().join("\n"));
+}

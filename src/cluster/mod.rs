@@ -24,7 +24,7 @@ use resp::Value;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-pub use crate::config::RedisSettings;
+use crate::config::RedisSettings;
 
 /// The keys share one hash tag so that a script touches one Redis Cluster slot.
 const ID_KEY: &[u8] = b"{meteor}:id";
