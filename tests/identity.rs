@@ -63,6 +63,25 @@ fn assert_held(held: &[Vec<String>], expected: &[(&str, &str)]) {
     assert_eq!(got, expected, "commands the node sent to Redis");
 }
 
+/// Checks that A's and B's publishes are held, A's first, answers both in
+/// that order, and returns their events as Redis stored them.
+fn release_a_then_b(fake: &FakeRedis) -> (Stored, Stored) {
+    let held = fake.wait_held(2, WAIT);
+    assert_held(&held, &[("EVALSHA", "from-a"), ("EVALSHA", "from-b")]);
+    fake.release(2);
+    (stored(fake, "from-a"), stored(fake, "from-b"))
+}
+
+/// A `stream`-mode subscriber of `ch` gets both events, each under the id
+/// Redis gave it (the id its publisher must have been told).
+fn assert_delivered(sub: &mut Conn, a: &Stored, b: &Stored) {
+    assert_eq!(
+        event_lines(sub, 2),
+        format!("{}:ch:from-a\n{}:ch:from-b\n", a.id, b.id),
+        "the subscriber sees both events, under the ids their publishers were told"
+    );
+}
+
 /// Reads the events a `stream`-mode subscriber gets until it has `n` lines.
 fn event_lines(sub: &mut Conn, n: usize) -> String {
     let mut got = String::new();
@@ -198,11 +217,7 @@ fn a_line_publish_is_answered_to_its_own_controller_after_the_slot_is_reused() {
 
     let mut b = s.ctl();
     b.send("ADDMESSAGE ch from-b\nQUIT\n");
-    let held = fake.wait_held(2, WAIT);
-    assert_held(&held, &[("EVALSHA", "from-a"), ("EVALSHA", "from-b")]);
-    fake.release(2);
-
-    let (ea, eb) = (stored(&fake, "from-a"), stored(&fake, "from-b"));
+    let (ea, eb) = release_a_then_b(&fake);
     let b_got = String::from_utf8_lossy(&b.conn.read_to_end(WAIT)).into_owned();
     assert_eq!(
         b_got,
@@ -212,15 +227,15 @@ fn a_line_publish_is_answered_to_its_own_controller_after_the_slot_is_reused() {
         eb.id,
         ea.id
     );
-    assert_eq!(
-        event_lines(&mut sub, 2),
-        format!("{}:ch:from-a\n{}:ch:from-b\n", ea.id, eb.id),
-        "the subscriber sees both events, under the ids their publishers were told"
-    );
+    assert_delivered(&mut sub, &ea, &eb);
     quit_cleanly(bystander, "a bystander controller");
 }
 
 /// The same race when A simply closes its connection before Redis answers.
+/// Today the server keeps such a controller (and its slot) until Redis has
+/// answered, so this passes; it guards a server that lets it go at once.
+/// A's end reaches the server before B's connection is complete, and the
+/// loop handles readiness in that order, so B would get A's slot then.
 #[test]
 fn a_line_publish_is_answered_to_its_own_controller_after_its_first_asker_left() {
     let fake = FakeRedis::start();
@@ -236,11 +251,7 @@ fn a_line_publish_is_answered_to_its_own_controller_after_its_first_asker_left()
 
     let mut b = s.ctl();
     b.send("ADDMESSAGE ch from-b\nQUIT\n");
-    let held = fake.wait_held(2, WAIT);
-    assert_held(&held, &[("EVALSHA", "from-a"), ("EVALSHA", "from-b")]);
-    fake.release(2);
-
-    let (ea, eb) = (stored(&fake, "from-a"), stored(&fake, "from-b"));
+    let (ea, eb) = release_a_then_b(&fake);
     let b_got = String::from_utf8_lossy(&b.conn.read_to_end(WAIT)).into_owned();
     assert_eq!(
         b_got,
@@ -249,11 +260,7 @@ fn a_line_publish_is_answered_to_its_own_controller_after_its_first_asker_left()
         eb.id,
         ea.id
     );
-    assert_eq!(
-        event_lines(&mut sub, 2),
-        format!("{}:ch:from-a\n{}:ch:from-b\n", ea.id, eb.id),
-        "the subscriber sees both events, under the ids their publishers were told"
-    );
+    assert_delivered(&mut sub, &ea, &eb);
     quit_cleanly(bystander, "a bystander controller");
 }
 
@@ -308,22 +315,14 @@ fn an_http_publish_is_answered_to_its_own_controller_after_the_slot_is_reused() 
 
     let mut b = Conn::connect(s.ctl_addr);
     b.send(post("ch", "from-b", true).as_bytes());
-    let held = fake.wait_held(2, WAIT);
-    assert_held(&held, &[("EVALSHA", "from-a"), ("EVALSHA", "from-b")]);
-    fake.release(2);
-
-    let (ea, eb) = (stored(&fake, "from-a"), stored(&fake, "from-b"));
+    let (ea, eb) = release_a_then_b(&fake);
     let b_got = b.read_to_end(WAIT);
     assert_one_json_id(
         &b_got,
         eb.id,
         &format!("B (A's event is {}, B's is {})", ea.id, eb.id),
     );
-    assert_eq!(
-        event_lines(&mut sub, 2),
-        format!("{}:ch:from-a\n{}:ch:from-b\n", ea.id, eb.id),
-        "the subscriber sees both events, under the ids their publishers were told"
-    );
+    assert_delivered(&mut sub, &ea, &eb);
     quit_cleanly(bystander, "a bystander controller");
 }
 
