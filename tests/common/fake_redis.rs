@@ -363,16 +363,27 @@ impl FakeRedis {
     /// Waits until `n` publishes or stream reads are held; returns the
     /// arguments of every one held, oldest first.
     pub fn wait_held(&self, n: usize, timeout: Duration) -> Vec<Vec<String>> {
+        self.wait_held_until(&format!("{n} command(s)"), timeout, |held| held.len() >= n)
+    }
+
+    /// Waits until the held commands (their arguments, oldest first) are
+    /// as `ready` wants; returns them.
+    pub fn wait_held_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&[Vec<String>]) -> bool,
+    ) -> Vec<Vec<String>> {
         let deadline = Instant::now() + timeout;
         let mut state = self.shared.lock();
         loop {
             let held = state.held();
-            if held.len() >= n {
+            if ready(&held) {
                 return held;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                panic!("fake redis: {n} command(s) not held within {timeout:?}; held: {held:?}");
+                panic!("fake redis: {what} not held within {timeout:?}; held: {held:?}");
             }
             state = self
                 .shared
