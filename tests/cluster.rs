@@ -11,9 +11,10 @@
 
 mod common;
 
+use common::fake_redis::{FakeRedis, Resp, encode, read_resp};
 use common::*;
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -47,93 +48,6 @@ fn redis_available() -> bool {
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
-}
-
-/// A reply of the Redis protocol.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Resp {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Option<Vec<Resp>>),
-}
-
-impl Resp {
-    fn int(&self) -> i64 {
-        match self {
-            Resp::Int(n) => *n,
-            Resp::Bulk(Some(b)) => String::from_utf8_lossy(b)
-                .parse()
-                .unwrap_or_else(|_| panic!("not a number: {self:?}")),
-            other => panic!("not a number: {other:?}"),
-        }
-    }
-
-    fn text(&self) -> String {
-        match self {
-            Resp::Simple(s) => s.clone(),
-            Resp::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
-            other => panic!("not a string: {other:?}"),
-        }
-    }
-
-    fn items(&self) -> Vec<Resp> {
-        match self {
-            Resp::Array(Some(v)) => v.clone(),
-            other => panic!("not an array: {other:?}"),
-        }
-    }
-}
-
-fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
-    let mut line = Vec::new();
-    r.read_until(b'\n', &mut line)?;
-    if line.len() < 3 || !line.ends_with(b"\r\n") {
-        return Err(std::io::Error::other(format!(
-            "bad RESP line {:?}",
-            show(&line)
-        )));
-    }
-    let body = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
-    let number = || -> std::io::Result<i64> {
-        body.parse()
-            .map_err(|_| std::io::Error::other(format!("bad RESP number {body:?}")))
-    };
-    Ok(match line[0] {
-        b'+' => Resp::Simple(body.clone()),
-        b'-' => Resp::Error(body.clone()),
-        b':' => Resp::Int(number()?),
-        b'$' => match number()? {
-            n if n < 0 => Resp::Bulk(None),
-            n => {
-                let mut data = vec![0; n as usize + 2];
-                r.read_exact(&mut data)?;
-                data.truncate(n as usize);
-                Resp::Bulk(Some(data))
-            }
-        },
-        b'*' => match number()? {
-            n if n < 0 => Resp::Array(None),
-            n => Resp::Array(Some(
-                (0..n).map(|_| read_resp(r)).collect::<Result<_, _>>()?,
-            )),
-        },
-        other => {
-            return Err(std::io::Error::other(format!(
-                "bad RESP type {:?}",
-                other as char
-            )));
-        }
-    })
-}
-
-fn encode(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-    }
-    out
 }
 
 /// Starts redis-server on `port` and waits (bounded) until it answers.
@@ -1232,113 +1146,9 @@ fn events_announced_during_a_reconnection_do_not_hide_missed_ones() {
 }
 
 // ---------------------------------------------------------------------------
-// A scripted stand-in for Redis, to make it die at an exact point.
+// A scripted stand-in for Redis (common::fake_redis), to make it die at an
+// exact point.
 // ---------------------------------------------------------------------------
-
-/// Answers the commands a node sends like an empty Redis would, and lets the
-/// test announce an event on the pub/sub link and drop every link at once.
-struct FakeRedis {
-    addr: SocketAddr,
-    /// (is pub/sub, socket) of every link accepted.
-    links: Arc<Mutex<Vec<(bool, TcpStream)>>>,
-}
-
-impl FakeRedis {
-    fn start() -> FakeRedis {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake redis");
-        let addr = listener.local_addr().expect("addr");
-        let links: Arc<Mutex<Vec<(bool, TcpStream)>>> = Arc::new(Mutex::new(Vec::new()));
-        let shared = links.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { break };
-                let links = shared.clone();
-                thread::spawn(move || fake_redis_link(stream, links));
-            }
-        });
-        FakeRedis { addr, links }
-    }
-
-    /// Sends `payload` as an announced event on every pub/sub link, then
-    /// closes the pub/sub links (`all`: every link, the way a Redis that
-    /// dies right after does).
-    fn announce_and_close(&self, payload: &str, all: bool) {
-        let mut links = self.links.lock().unwrap();
-        let message = format!(
-            "*3\r\n$7\r\nmessage\r\n$15\r\n{{meteor}}:events\r\n${}\r\n{payload}\r\n",
-            payload.len()
-        );
-        for (pubsub, s) in links.iter_mut() {
-            if *pubsub {
-                // One segment carries the message and the close, so that the
-                // node finds both at once, as when Redis is killed.
-                cork(s);
-                s.write_all(message.as_bytes()).expect("announce");
-            }
-        }
-        // Pub/sub first: what Redis wrote before dying is on its way
-        // before any link ends.
-        links.sort_by_key(|(pubsub, _)| !*pubsub);
-        for (pubsub, s) in links.drain(..) {
-            if all || pubsub {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-        }
-    }
-}
-
-/// Holds back small writes (TCP_CORK) until the socket is shut down.
-#[cfg(target_os = "linux")]
-fn cork(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket descriptor and a c_int option of its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_CORK");
-}
-
-#[cfg(not(target_os = "linux"))]
-fn cork(_: &TcpStream) {}
-
-fn fake_redis_link(stream: TcpStream, links: Arc<Mutex<Vec<(bool, TcpStream)>>>) {
-    let mut out = stream.try_clone().expect("clone");
-    let mut r = BufReader::new(stream);
-    let mut registered = false;
-    while let Ok(Resp::Array(Some(args))) = read_resp(&mut r) {
-        let args: Vec<String> = args.iter().map(Resp::text).collect();
-        let name = args
-            .first()
-            .map(|a| a.to_ascii_uppercase())
-            .unwrap_or_default();
-        let pubsub = name == "SUBSCRIBE";
-        if !registered && (pubsub || name != "AUTH") {
-            registered = true;
-            let clone = out.try_clone().expect("clone");
-            links.lock().unwrap().push((pubsub, clone));
-        }
-        let reply: Vec<u8> = match name.as_str() {
-            "SUBSCRIBE" => b"*3\r\n$9\r\nsubscribe\r\n$15\r\n{meteor}:events\r\n:1\r\n".to_vec(),
-            "SCRIPT" => format!("$40\r\n{}\r\n", "0".repeat(40)).into_bytes(),
-            // The counter floor, or a publish (id 1).
-            "EVAL" => b":1\r\n".to_vec(),
-            "EVALSHA" if args.get(3).is_some_and(|k| k == "{meteor}:nodes") => b"*0\r\n".to_vec(),
-            "EVALSHA" => b":1\r\n".to_vec(),
-            "XRANGE" | "XREVRANGE" => b"*0\r\n".to_vec(),
-            _ => b"+OK\r\n".to_vec(),
-        };
-        if out.write_all(&reply).is_err() {
-            break;
-        }
-    }
-}
 
 /// The pub/sub link brings an announcement and its end in one segment: the
 /// node applies the announcement before it treats the link as lost.
