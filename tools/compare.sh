@@ -8,12 +8,15 @@
 # Usage: tools/compare.sh            full scenarios (a few minutes)
 #        SCALE=10 tools/compare.sh   subscriber counts divided by 10 (quick check)
 #        ONLY=meteord|nchan          run one server only
+#        BASELINE=/path/to/meteord   also run an older meteord build ("before"), scenario by
+#                                    scenario beside the current one, for before/after figures
 # Results (one JSON object per scenario) are kept in target/compare/{meteord,nchan}.jsonl.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SCALE=${SCALE:-1}
 ONLY=${ONLY:-}
+BASELINE=${BASELINE:-}
 BENCH=$ROOT/target/release/meteor-bench
 METEORD=$ROOT/target/release/meteord
 OUT=$ROOT/target/compare
@@ -82,7 +85,7 @@ CONF
 
 # Starts meteord on ephemeral ports; sets SERVER_PID, SUB_PORT, CTL_PORT.
 start_meteord() {
-    "$METEORD" -ConfigFileLocation "$TMP/meteord.conf" -SyslogFacility none -SubscriberIP 127.0.0.1 \
+    "${1:-$METEORD}" -ConfigFileLocation "$TMP/meteord.conf" -SyslogFacility none -SubscriberIP 127.0.0.1 \
         -SubscriberPort 0 -ControllerIP 127.0.0.1 -ControllerPort 0 2>"$TMP/meteord.log" &
     SERVER_PID=$!
     SUB_PORT="" CTL_PORT=""
@@ -175,8 +178,10 @@ SCENARIOS=(
 # Runs one scenario against one server; appends its JSON line to $OUT/<server>.jsonl.
 run_one() {
     local server=$1 label=$2 args=$3 target=() pid
-    if [ "$server" = meteord ]; then
-        start_meteord || { echo "{\"label\":\"$label\",\"error\":\"meteord did not start\"}" >>"$OUT/$server.jsonl"; return; }
+    if [ "$server" = meteord ] || [ "$server" = before ]; then
+        local binary=$METEORD
+        [ "$server" = before ] && binary=$BASELINE
+        start_meteord "$binary" || { echo "{\"label\":\"$label\",\"error\":\"meteord did not start\"}" >>"$OUT/$server.jsonl"; return; }
         pid=$SERVER_PID
         target=(-t "127.0.0.1:$SUB_PORT" --controller "127.0.0.1:$CTL_PORT")
     else
@@ -203,6 +208,7 @@ run_one() {
 
 SERVERS=(meteord nchan)
 [ -n "$ONLY" ] && SERVERS=("$ONLY")
+[ -n "$BASELINE" ] && SERVERS=(before "${SERVERS[@]}")
 for s in "${SERVERS[@]}"; do : >"$OUT/$s.jsonl"; : >"$OUT/$s.stderr"; done
 for sc in "${SCENARIOS[@]}"; do
     for s in "${SERVERS[@]}"; do
@@ -210,8 +216,11 @@ for sc in "${SCENARIOS[@]}"; do
     done
 done
 
-if [ ${#SERVERS[@]} -eq 2 ]; then
+if [ -n "$BASELINE" ]; then
+    "$BENCH" compare "$OUT/before.jsonl" "$OUT/meteord.jsonl" --names before,after
+fi
+if [[ " ${SERVERS[*]} " == *" nchan "* ]] && [[ " ${SERVERS[*]} " == *" meteord "* ]]; then
     "$BENCH" compare "$OUT/meteord.jsonl" "$OUT/nchan.jsonl" --names meteord,nchan
-else
+elif [ -z "$BASELINE" ]; then
     cat "$OUT/${SERVERS[0]}.jsonl"
 fi
