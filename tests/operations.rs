@@ -147,6 +147,11 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // These processes may exit on purpose (detaching), but a panic
+        // logged on standard error always fails the test.
+        if !thread::panicking() && self.stderr().iter().any(|l| l.contains("panicked")) {
+            panic!("meteord panicked: {:#?}", self.stderr());
+        }
     }
 }
 
