@@ -229,6 +229,25 @@ fn cors_lines_only_for_allowed_origins() {
 }
 
 #[test]
+fn cors_lines_on_the_404_and_disconnect_replies_too() {
+    // A page must be able to read why it was refused.
+    let s = bundled(&[]);
+    let origin = "Origin: http://localhost:4670\r\n";
+    let cors = allow("http://localhost:4670");
+    let mut c = get_with(&s, "/push/h1/sse/bad!name", origin);
+    c.expect_str(&sse_head(&cors).replace("200 OK", "404 Not Found"));
+    c.expect_eof();
+    let mut c = get_with(&s, "/push/h1/fetchstream/a.r", origin);
+    c.expect_str(&fetchstream_head(&cors).replace("200 OK", "404 Not Found"));
+    c.expect_eof();
+    // /disconnect answers with the global header (the default template,
+    // which has no ~cors~).
+    let mut c = get_with(&s, "/disconnect/h1", origin);
+    c.expect_str(&default_header("200 OK"));
+    c.expect_eof();
+}
+
+#[test]
 fn cors_with_allowed_origins_star() {
     let s = bundled(&["-AllowedOrigins", "*"]);
     // Any origin is echoed back...
