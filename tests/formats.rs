@@ -81,7 +81,11 @@ fn publish_http(s: &Server, channel: &str, body: &[u8], id: u64) {
          Cache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
         json.len()
     );
-    assert_eq!(show(&c.read_to_end(WAIT)), show(want.as_bytes()), "POST /pub/{channel}");
+    assert_eq!(
+        show(&c.read_to_end(WAIT)),
+        show(want.as_bytes()),
+        "POST /pub/{channel}"
+    );
 }
 
 fn disconnect(s: &Server, hostid: &str) {
@@ -107,7 +111,9 @@ fn sse_stream_byte_for_byte() {
     // Each line break of the text (LF, CRLF, a lone CR) starts a new data:
     // line; a trailing one leaves an empty data: line.
     publish_http(&s, "other", b"line one\nline two\r\nline three\rend", 2);
-    c.expect_str("id: 2\nevent: other\ndata: line one\ndata: line two\ndata: line three\ndata: end\n\n");
+    c.expect_str(
+        "id: 2\nevent: other\ndata: line one\ndata: line two\ndata: line three\ndata: end\n\n",
+    );
     publish_http(&s, "news", b"ends in a break\n", 3);
     c.expect_str("id: 3\nevent: news\ndata: ends in a break\ndata: \n\n");
     // Quotes, backslashes and markup are not escaped in an event stream.
@@ -251,14 +257,22 @@ fn cors_lines_on_the_404_and_disconnect_replies_too() {
 fn cors_with_allowed_origins_star() {
     let s = bundled(&["-AllowedOrigins", "*"]);
     // Any origin is echoed back...
-    let mut c = get_with(&s, "/push/h1/sse/a", "Origin: http://anywhere.example:8080\r\n");
+    let mut c = get_with(
+        &s,
+        "/push/h1/sse/a",
+        "Origin: http://anywhere.example:8080\r\n",
+    );
     c.expect_str(&format!(
         "{}{}",
         sse_head(&allow("http://anywhere.example:8080")),
         sse_info("a", 0)
     ));
     let mut c = get_with(&s, "/push/h2/fetchstream/a", "Origin: null\r\n");
-    c.expect_str(&format!("{}{}", fetchstream_head(&allow("null")), json_info("a", 0)));
+    c.expect_str(&format!(
+        "{}{}",
+        fetchstream_head(&allow("null")),
+        json_info("a", 0)
+    ));
     // ...and without an Origin the wildcard is sent, without Vary.
     let mut c = get_with(&s, "/push/h3/jsonlongpoll/a.h", "");
     c.expect_str(&format!(
@@ -319,7 +333,11 @@ fn last_event_id_in_other_modes_and_at_the_edges() {
     let mut ctl = s.ctl();
     publish_abc(&mut ctl);
     // fetchstream, the URL asking for everything: only what follows id 5.
-    let mut c = get_with(&s, "/push/h1/fetchstream/c.h/a.h/b.h", "Last-Event-ID: 5\r\n");
+    let mut c = get_with(
+        &s,
+        "/push/h1/fetchstream/c.h/a.h/b.h",
+        "Last-Event-ID: 5\r\n",
+    );
     c.expect_str(&format!(
         "{}{}{}{}{}{}",
         fetchstream_head(""),
@@ -331,7 +349,12 @@ fn last_event_id_in_other_modes_and_at_the_edges() {
     ));
     // The newest id: nothing to resume, the stream waits for new events.
     let mut d = get_with(&s, "/push/h2/sse/a/b", "Last-Event-ID: 7\r\n");
-    d.expect_str(&format!("{}{}{}", sse_head(""), sse_info("a", 7), sse_info("b", 5)));
+    d.expect_str(&format!(
+        "{}{}{}",
+        sse_head(""),
+        sse_info("a", 7),
+        sse_info("b", 5)
+    ));
     d.expect_silence(Duration::from_millis(200));
     // 0: everything cached, in id order.
     let mut e = get_with(&s, "/push/h3/jsonlongpoll/b/c", "Last-Event-ID: 0\r\n");

@@ -1694,7 +1694,10 @@ fn detaches_writes_a_pid_file_and_sigterm_removes_it() {
     };
     assert_eq!(status.code(), Some(0), "parent exit status");
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(3), "the parent exited only after {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the parent exited only after {took:?}"
+    );
     // The daemon does not hold our pipes: both reach end of file.
     let (mut out, mut err) = (parent.stdout.take().unwrap(), parent.stderr.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();

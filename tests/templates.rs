@@ -245,6 +245,9 @@ fn header_for_404_uses_status_placeholder() {
     // nothing else (no body on a 404).
     let rest = body_after(&all, "404 Not Found|meteord|");
     let (time, rest) = rest.split_once('|').unwrap_or_else(|| panic!("{all:?}"));
-    assert!(time.parse::<u64>().is_ok(), "servertime {time:?} in {all:?}");
+    assert!(
+        time.parse::<u64>().is_ok(),
+        "servertime {time:?} in {all:?}"
+    );
     assert_eq!(rest, "||~|\n", "{all:?}");
 }

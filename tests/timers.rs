@@ -53,7 +53,10 @@ fn default_ping_interval_and_message_and_pings_off_at_zero_and_two() {
     let t0 = Instant::now();
     // The first default ping comes 5 s after the subscription, and it is
     // the next bytes.
-    dflt.expect_within(b"<script>p(-1,\"\");</script>\r\n", Duration::from_millis(6500));
+    dflt.expect_within(
+        b"<script>p(-1,\"\");</script>\r\n",
+        Duration::from_millis(6500),
+    );
     let first = t0.elapsed();
     assert!(
         first >= Duration::from_millis(4000) && first <= Duration::from_millis(6200),

@@ -279,8 +279,9 @@ impl Server {
     /// Wait for the exit the test caused (see [`Server::wait_exit`]);
     /// panics when the server is still running after `timeout`.
     pub fn expect_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        self.wait_exit(timeout)
-            .unwrap_or_else(|| panic!("meteord still running {timeout:?} after it was told to exit"))
+        self.wait_exit(timeout).unwrap_or_else(|| {
+            panic!("meteord still running {timeout:?} after it was told to exit")
+        })
     }
 
     /// Is the server process still running?
@@ -368,7 +369,10 @@ impl Drop for Server {
         let logs = self.logs();
         let tail = || logs[logs.len().saturating_sub(40)..].join("\n");
         if logs.iter().any(|l| l.contains("panicked")) {
-            panic!("meteord panicked during the test; log (last 40 lines):\n{}", tail());
+            panic!(
+                "meteord panicked during the test; log (last 40 lines):\n{}",
+                tail()
+            );
         }
         if let Some(status) = exited
             && !self.exit_expected
