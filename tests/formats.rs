@@ -9,8 +9,8 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-/// The bundled meteor.conf, with pings off unless `extra` turns them on
-/// (a ping in the middle would break the exact comparisons).
+/// The bundled meteor.conf with pings off (a ping in the middle would break
+/// the exact comparisons) and `extra` on the command line.
 fn bundled(extra: &[&str]) -> Server {
     let mut args = vec!["-PingInterval", "0"];
     args.extend_from_slice(extra);
@@ -128,7 +128,7 @@ fn sse_stream_byte_for_byte() {
 
 #[test]
 fn sse_and_fetchstream_pings() {
-    let s = bundled(&["-PingInterval", "3"]);
+    let s = Server::start(&["-PingInterval", "3"], include_str!("../meteor.conf"));
     let mut sse = s.http_get("/push/h1/sse/a");
     sse.expect_str(&format!("{}{}", sse_head(""), sse_info("a", 0)));
     let mut fetch = s.http_get("/push/h2/fetchstream/a");
