@@ -63,8 +63,8 @@ fn get_with(s: &Server, path: &str, headers: &str) -> Conn {
     )
 }
 
-/// Publishes `body` (any bytes, line breaks included) with `POST /pub`;
-/// asserts the exact reply and returns the id.
+/// Publishes `body` (any bytes, line breaks included) with `POST /pub` and
+/// asserts the exact reply, with id `id`.
 fn publish_http(s: &Server, channel: &str, body: &[u8], id: u64) {
     let mut c = Conn::connect(s.ctl_addr);
     let mut req = format!(
