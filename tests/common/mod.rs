@@ -368,9 +368,10 @@ impl Drop for Server {
         }
         let logs = self.logs();
         let tail = || logs[logs.len().saturating_sub(40)..].join("\n");
-        if logs.iter().any(|l| l.contains("panicked")) {
+        if let Some(at) = logs.iter().position(|l| l.contains("panicked")) {
             panic!(
-                "meteord panicked during the test; log (last 40 lines):\n{}",
+                "meteord panicked during the test:\n{}\nlog (last 40 lines):\n{}",
+                logs[at..logs.len().min(at + 5)].join("\n"),
                 tail()
             );
         }
