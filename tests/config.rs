@@ -53,13 +53,17 @@ fn help_lists_every_key() {
     let r = run_meteord(&["-help"], RUN);
     assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
     for k in KEYS {
-        // The key, followed on its line by a description.
-        let line = r.stdout.lines().find(|l| {
-            l.split_whitespace()
-                .any(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric()) == k)
+        // `-Key`, followed on its line by a description.
+        let described = r.stdout.lines().find_map(|l| {
+            let rest = l.trim_start().strip_prefix('-')?.strip_prefix(k)?;
+            rest.starts_with(char::is_whitespace).then(|| rest.trim())
         });
-        let line = line.unwrap_or_else(|| panic!("-help does not list {k}:\n{}", r.stdout));
-        let _ = line;
+        let described =
+            described.unwrap_or_else(|| panic!("-help does not list -{k}:\n{}", r.stdout));
+        assert!(
+            described.split_whitespace().count() >= 2,
+            "-help lists -{k} without a description: {described:?}"
+        );
     }
     assert!(
         r.stdout.len() > KEYS.len() * 30,

@@ -29,6 +29,9 @@ fn thousand_subscribers_receive_the_same_hundred_events_in_order() {
     assert_eq!(ctl.count("fan"), SUBSCRIBERS as u64);
 
     let texts: Vec<String> = (1..=EVENTS).map(|i| format!("event-{i}")).collect();
+    // The bound on delivery is the deadline of the reads below: every
+    // subscriber has every event within 20 s of the first publish.
+    let deliver_by = Instant::now() + Duration::from_secs(20);
     let ids = ctl.add_many("fan", &texts);
     let expected: String = ids
         .iter()
@@ -38,7 +41,7 @@ fn thousand_subscribers_receive_the_same_hundred_events_in_order() {
     assert_eq!(ids, (1..=EVENTS as u64).collect::<Vec<_>>());
 
     for (i, c) in subs.iter_mut().enumerate() {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deliver_by.saturating_duration_since(Instant::now());
         let got = c
             .read_exact_n(expected.len(), left)
             .unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
@@ -48,11 +51,6 @@ fn thousand_subscribers_receive_the_same_hundred_events_in_order() {
             show(&got)
         );
     }
-    assert!(
-        start.elapsed() < Duration::from_secs(30),
-        "took {:?}",
-        start.elapsed()
-    );
     assert_eq!(ctl.stat("messages_served"), (SUBSCRIBERS * EVENTS) as u64);
     drop(subs);
     assert_eq!(ctl.wait_count("fan", 0, Duration::from_secs(10)), 0);

@@ -33,6 +33,43 @@ fn error_reply(status: &str) -> String {
     default_header(status)
 }
 
+/// The exact reply of the controller port's HTTP side to a refused head or
+/// body: `status` as a text/plain body, then close.
+fn control_error(status: &str) -> String {
+    let body = format!("{status}\n");
+    format!(
+        "HTTP/1.1 {status}\r\nServer: meteord\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Cache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The exact reply to a publish over HTTP with `Connection: close`.
+fn control_published(id: u64) -> String {
+    let body = format!("{{\"id\":{id}}}\n");
+    format!(
+        "HTTP/1.1 200 OK\r\nServer: meteord\r\nContent-Type: application/json\r\n\
+         Cache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The moment a log line satisfying `pred` first appears, watched from a
+/// thread started now (polling every 5 ms, for at most 60 s).
+fn watch_log(s: &Server, pred: fn(&str) -> bool) -> thread::JoinHandle<Option<Instant>> {
+    let logs = s.logs.clone();
+    thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if logs.lock().unwrap().iter().any(|l| pred(l)) {
+                return Some(Instant::now());
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        None
+    })
+}
+
 /// Asserts the connection gets exactly `want` and is then closed.
 fn expect_reply_and_close(c: &mut Conn, want: &str, what: &str) {
     let got = c.read_to_end(WAIT);
@@ -472,10 +509,14 @@ fn channel_name_length_bound_on_both_ports() {
             body.len()
         ),
     );
-    assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{r:?}");
-    assert!(
-        r.ends_with("\r\n\r\n400 Bad Request: channel name too long\n"),
-        "{r:?}"
+    let body = "400 Bad Request: channel name too long\n";
+    assert_eq!(
+        r,
+        format!(
+            "HTTP/1.1 400 Bad Request\r\nServer: meteord\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Cache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
     );
     assert_eq!(ctl.list(), format!("OK\r\n{max}(1/1)\r\n--EOT--\r\n"));
     assert_serves(&s, &mut ctl);
@@ -514,11 +555,10 @@ fn subscriber_connections_over_max_get_503_without_blocking_the_others() {
     );
     // And again: refusing does not disturb the table.
     let mut d = s.http_get("/push/d/stream/lim");
-    let got = d.read_to_end(WAIT);
-    assert!(
-        got.starts_with(error_reply("503 Service Unavailable").as_bytes()),
-        "{}",
-        show(&got)
+    expect_reply_and_close(
+        &mut d,
+        &error_reply("503 Service Unavailable"),
+        "a fourth subscriber with MaxSubscribers 2",
     );
     let id = ctl.add("lim", "x");
     a.expect_str(&format!("{id}:lim:x\n"));
@@ -623,11 +663,7 @@ fn control_http_heads_and_bodies_are_bounded() {
     let mut big = Conn::connect(s.ctl_addr);
     big.send(format!("GET /stats HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "p".repeat(9000)).as_bytes());
     let got = String::from_utf8_lossy(&big.read_to_end(WAIT)).into_owned();
-    assert!(
-        got.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
-        "{got:?}"
-    );
-    assert!(got.contains("\r\nConnection: close\r\n"), "{got:?}");
+    assert_eq!(got, control_error("431 Request Header Fields Too Large"));
     // Too many header lines: 431.
     let mut lines = String::from("GET /stats HTTP/1.1\r\n");
     for i in 0..65 {
@@ -635,10 +671,7 @@ fn control_http_heads_and_bodies_are_bounded() {
     }
     lines.push_str("\r\n");
     let got = control_http(&s, &lines);
-    assert!(
-        got.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
-        "{got:?}"
-    );
+    assert_eq!(got, control_error("431 Request Header Fields Too Large"));
     // A body over MaxControllerLineBytes: 413, nothing published.
     let body = "b".repeat(1001);
     let got = control_http(
@@ -648,7 +681,7 @@ fn control_http_heads_and_bodies_are_bounded() {
             body.len()
         ),
     );
-    assert!(got.starts_with("HTTP/1.1 413 "), "{got:?}");
+    assert_eq!(got, control_error("413 Content Too Large"));
     // Exactly the bound is fine.
     let body = "b".repeat(1000);
     let got = control_http(
@@ -658,8 +691,7 @@ fn control_http_heads_and_bodies_are_bounded() {
             body.len()
         ),
     );
-    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got:?}");
-    assert!(got.ends_with("\r\n\r\n{\"id\":1}\n"), "{got:?}");
+    assert_eq!(got, control_published(1));
     assert_eq!(ctl.list(), "OK\r\nbig(1/0)\r\n--EOT--\r\n");
     assert_serves(&s, &mut ctl);
 }
@@ -783,8 +815,7 @@ fn http_control_endpoints_need_the_bearer_token() {
              Connection: close\r\n\r\nhello"
         ),
     );
-    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r:?}");
-    assert!(r.ends_with("\r\n\r\n{\"id\":1}\n"), "{r:?}");
+    assert_eq!(r, control_published(1));
     sub.expect_str("1:news:hello\n");
     let json = stats_json(&s, Some(PW));
     assert_eq!(json_u64(&json, "unique_messages"), 1, "{json}");
@@ -1012,12 +1043,26 @@ fn never_reading_subscriber_is_dropped(extra: &[&str]) {
             .filter(|l| l.contains("slow") || l.contains("leavechannel"))
             .collect::<Vec<_>>()
     );
+    let dropped = dropped.unwrap_or_default();
+    let peer = slow.stream.local_addr().expect("local address");
+    assert!(
+        dropped.ends_with(&format!("{peer}: dropped slow subscriber (slowConsumer)")),
+        "the line does not name the subscriber {peer}: {dropped:?}"
+    );
     let leave = s
         .wait_log(WAIT, |l| {
             l.contains("leavechannel\t127.0.0.1\tslow\tflood\t") && l.ends_with("\tslowConsumer")
         })
         .unwrap_or_else(|| panic!("no leavechannel record: {:#?}", s.logs()));
-    assert!(!leave.is_empty());
+    // leavechannel ip hostid channel seconds events bytes reason: it was
+    // sent fewer than all events, and some bytes.
+    let rec = &leave[leave.find("leavechannel\t").unwrap_or(0)..];
+    let f: Vec<&str> = rec.split('\t').collect();
+    assert_eq!(f.len(), 8, "{rec:?}");
+    let events: usize = f[5].parse().unwrap_or_else(|_| panic!("events in {rec:?}"));
+    let bytes: usize = f[6].parse().unwrap_or_else(|_| panic!("bytes in {rec:?}"));
+    assert!(events < n, "{rec:?}");
+    assert!(bytes > 0 && bytes < n * size, "{rec:?}");
     let json = stats_json(&s, None);
     assert_eq!(json_u64(&json, "slow_consumers_dropped"), 1, "{json}");
     assert_eq!(ctl.count("flood"), 1);
@@ -1100,14 +1145,18 @@ fn stalled_subscriber_is_dropped_after_write_timeout() {
     slow.send(get_request("/push/stalled/stream/stall").as_bytes());
     slow.expect_str(HDR_OK);
     let t0 = Instant::now();
+    let dropped_at = watch_log(&s, |l| l.contains("dropped slow subscriber (writeTimeout)"));
     let ids = publish_big(&mut ctl, "stall", n, size, 1);
-    let published_after = t0.elapsed();
     let line = s
         .wait_log(Duration::from_secs(10), |l| {
             l.contains("dropped slow subscriber (writeTimeout)")
         })
         .unwrap_or_else(|| panic!("stalled subscriber not dropped: {:#?}", s.logs()));
-    assert!(!line.is_empty());
+    let peer = slow.stream.local_addr().expect("local address");
+    assert!(
+        line.ends_with(&format!("{peer}: dropped slow subscriber (writeTimeout)")),
+        "the line does not name the stalled subscriber {peer}: {line:?}"
+    );
     assert!(
         s.wait_log(WAIT, |l| l.contains("\tstalled\tstall\t")
             && l.ends_with("\twriteTimeout"))
@@ -1115,9 +1164,16 @@ fn stalled_subscriber_is_dropped_after_write_timeout() {
         "no leavechannel record with writeTimeout: {:#?}",
         s.logs()
     );
+    // It could not stall before the first event was published (after t0),
+    // and must then have made no progress for WriteTimeout (1 s).
+    let dropped_after = dropped_at
+        .join()
+        .expect("log watcher")
+        .expect("the drop was logged")
+        .duration_since(t0);
     assert!(
-        t0.elapsed() >= Duration::from_millis(900).min(published_after),
-        "dropped before WriteTimeout"
+        dropped_after >= Duration::from_millis(900),
+        "dropped {dropped_after:?} after the first publish, before WriteTimeout 1"
     );
     let (got, _good) = good.join().unwrap();
     assert_eq!(got, ids);
@@ -1215,7 +1271,7 @@ fn reset_in_the_middle_of_a_write_leaks_nothing() {
     let _heavy = heavy();
     let (s, mut ctl) = start_with(&["-MaxMessagesPerChannel", "1000"]);
     // A 8 MiB backlog, so that every reply below is cut mid-write.
-    publish_big(&mut ctl, "big", 512, 16 * 1024, 50);
+    let backlog = publish_big(&mut ctl, "big", 512, 16 * 1024, 50);
     let b = baseline(&s, &mut ctl);
     let mut conns = Vec::new();
     for i in 0..10 {
@@ -1239,9 +1295,12 @@ fn reset_in_the_middle_of_a_write_leaks_nothing() {
     for c in live {
         reset(c);
     }
-    for _ in 0..64 {
-        assert!(ctl.read_reply_line().starts_with("OK\t"));
-    }
+    // Every one of the 64 was published, with the next ids.
+    let last = backlog.last().copied().unwrap_or(0);
+    let ids: Vec<u64> = (0..64)
+        .map(|_| parse_ok_id(&ctl.read_reply_line()))
+        .collect();
+    assert_eq!(ids, (last + 1..=last + 64).collect::<Vec<u64>>());
     // A controller reset with megabytes of replies pending.
     let mut greedy = s.ctl();
     greedy.send(&"SHOWSTATS\n".repeat(20_000));
@@ -1381,13 +1440,7 @@ fn garbage_and_binary_input_is_answered_and_leaks_nothing() {
     ];
     for raw in inputs {
         let mut c = s.request(raw);
-        let got = c.read_to_end(WAIT);
-        assert!(
-            got.starts_with(b"HTTP/1.1 4"),
-            "{} got {}",
-            show(raw),
-            show(&got)
-        );
+        expect_reply_and_close(&mut c, &error_reply("400 Bad Request"), &show(raw));
     }
     let mut k = s.ctl();
     k.send_bytes(b"\x00\xff\xfe\r\n");

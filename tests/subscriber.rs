@@ -302,13 +302,10 @@ fn hostids_are_case_sensitive() {
 #[test]
 fn invalid_hostid_is_not_a_subscription() {
     let s = start();
+    // Not a push URL: a static document request, and there is no such file.
     let mut c = s.http_get("/push/h_1/stream/ch");
-    let got = c.read_to_end(WAIT);
-    assert!(
-        got.starts_with(b"HTTP/1.1 404 Not Found\r\n"),
-        "{}",
-        show(&got)
-    );
+    c.expect_str(&document_404());
+    c.expect_eof();
     let mut ctl = s.ctl();
     assert_eq!(ctl.count("ch"), 0);
 }
@@ -424,20 +421,15 @@ fn longpoll_on_two_channels_with_backlogs_gets_both() {
     ctl.add("b", "b2");
     ctl.add("a", "a3");
     ctl.add("b", "b4");
+    // Merged in id order (not a's backlog, then b's), then close.
     let mut c = s.http_get("/push/h1/long/a.h/b.h");
-    c.expect_str(HDR_OK);
-    let body = String::from_utf8(c.read_to_end(WAIT)).unwrap();
-    let lines: Vec<&str> = body.lines().collect();
-    assert_eq!(lines.len(), 4, "{body:?}");
-    let of = |ch: &str| -> Vec<&str> {
-        lines
-            .iter()
-            .copied()
-            .filter(|l| l.split(':').nth(1) == Some(ch))
-            .collect()
-    };
-    assert_eq!(of("a"), ["1:a:a1", "3:a:a3"], "{body:?}");
-    assert_eq!(of("b"), ["2:b:b2", "4:b:b4"], "{body:?}");
+    c.expect_str(&hdr_msgs(&[
+        (1, "a", "a1"),
+        (2, "b", "b2"),
+        (3, "a", "a3"),
+        (4, "b", "b4"),
+    ]));
+    c.expect_eof();
     // No stall: another client is served at once.
     assert_eq!(poll(&s, "/push/h2/poll/a.b1"), hdr_msgs(&[(3, "a", "a3")]));
 }
@@ -565,14 +557,8 @@ fn malformed_request_line_is_400_and_closed() {
     let s = start();
     for raw in [&b"garbage\r\n\r\n"[..], b"\x01\x02\x03 \xff\r\n\r\n"] {
         let mut c = s.request(raw);
-        let got = c.read_to_end(WAIT);
-        let first = got.split(|&b| b == b'\n').next().unwrap_or(&[]);
-        let first = String::from_utf8_lossy(first);
-        assert!(
-            first.len() > 12 && first.starts_with("HTTP/1.") && first[8..].starts_with(" 400"),
-            "expected a 400 status line, got {}",
-            show(&got)
-        );
+        c.expect_str(&default_header("400 Bad Request"));
+        c.expect_eof();
     }
     // Still serving.
     let mut c = s.http_get("/push/h1/poll/ch");
@@ -580,13 +566,12 @@ fn malformed_request_line_is_400_and_closed() {
     c.expect_eof();
 }
 
-fn assert_4xx_and_closed(c: &mut Conn) {
+/// The exact 431 reply (the global header with the status), then close.
+fn assert_431_and_closed(c: &mut Conn) {
     let got = c.read_to_end(Duration::from_secs(10));
-    let ok = got.len() > 10 && got.starts_with(b"HTTP/1.") && &got[8..10] == b" 4";
-    assert!(
-        ok,
-        "expected an HTTP 4xx then close, got {}",
-        show(&got[..got.len().min(300)])
+    assert_eq!(
+        show(&got[..got.len().min(300)]),
+        show(default_header("431 Request Header Fields Too Large").as_bytes()),
     );
 }
 
@@ -604,7 +589,7 @@ fn overlong_request_head_is_refused() {
         }
     }
     let _ = c.try_send(b"\r\n\r\n");
-    assert_4xx_and_closed(&mut c);
+    assert_431_and_closed(&mut c);
     let mut ctl = s.ctl();
     assert_eq!(ctl.count("ch"), 0);
     let mut ok = s.http_get("/push/h2/poll/ch");
@@ -625,7 +610,7 @@ fn too_many_header_lines_are_refused() {
     }
     let _ = c.try_send(&lines);
     let _ = c.try_send(b"\r\n");
-    assert_4xx_and_closed(&mut c);
+    assert_431_and_closed(&mut c);
     let mut ctl = s.ctl();
     assert_eq!(ctl.count("ch"), 0);
 }
@@ -668,18 +653,117 @@ fn three_channels_with_mixed_backlogs() {
     ctl.add("b", "b5");
     // a: everything from id 4; b: last one; c: only new.
     let mut st = s.http_get("/push/h1/stream/a.r4/b.b1/c");
-    st.expect_str(HDR_OK);
-    let backlog = st
-        .read_exact_n("4:a:a4\n5:b:b5\n".len(), WAIT)
-        .unwrap_or_else(|e| panic!("backlog: {e}"));
-    let mut lines: Vec<String> = String::from_utf8_lossy(&backlog)
-        .lines()
-        .map(String::from)
-        .collect();
-    lines.sort();
-    assert_eq!(lines, ["4:a:a4", "5:b:b5"]);
+    st.expect_str(&hdr_msgs(&[(4, "a", "a4"), (5, "b", "b5")]));
     ctl.add("c", "c6");
     st.expect_str("6:c:c6\n");
+    st.expect_silence(Duration::from_millis(100));
+}
+
+/// 1:a 2:b 3:a 4:b 5:c 6:a
+fn setup_interleaved(ctl: &mut Controller) {
+    for (i, ch) in ["a", "b", "a", "b", "c", "a"].iter().enumerate() {
+        assert_eq!(ctl.add(ch, &format!("m{}", i + 1)), i as u64 + 1);
+    }
+}
+
+#[test]
+fn backlogs_of_several_channels_are_merged_in_id_order() {
+    // Exact bytes: a server that sends one channel's backlog after the
+    // other (1:a 3:a 6:a 2:b 4:b) fails here.
+    let s = start();
+    let mut ctl = s.ctl();
+    setup_interleaved(&mut ctl);
+    let m = |ids: &[u64]| -> String {
+        let all = ["", "a", "b", "a", "b", "c", "a"];
+        let items: Vec<(u64, &str, String)> = ids
+            .iter()
+            .map(|&id| (id, all[id as usize], format!("m{id}")))
+            .collect();
+        let items: Vec<(u64, &str, &str)> =
+            items.iter().map(|(i, c, t)| (*i, *c, t.as_str())).collect();
+        hdr_msgs(&items)
+    };
+    assert_eq!(poll(&s, "/push/h/poll/a.h/b.h"), m(&[1, 2, 3, 4, 6]));
+    // The order of the channels in the URL does not matter.
+    assert_eq!(poll(&s, "/push/h/poll/b.h/a.h"), m(&[1, 2, 3, 4, 6]));
+    assert_eq!(poll(&s, "/push/h/poll/c.h/b.h/a.h"), m(&[1, 2, 3, 4, 5, 6]));
+    // .r<id> backlogs: a from 2 (3, 6), b from 1 (2, 4), c whole (5).
+    assert_eq!(poll(&s, "/push/h/poll/a.r2/b.r1/c.h"), m(&[2, 3, 4, 5, 6]));
+    assert_eq!(poll(&s, "/push/h/poll/b.r3/a.r3"), m(&[3, 4, 6]));
+    // .b<n> backlogs: a's last 2 (3, 6), b's last (4), c's last 5 (5).
+    assert_eq!(poll(&s, "/push/h/poll/a.b2/b.b1/c.b5"), m(&[3, 4, 5, 6]));
+    // A long poll (MaxMessages 1) gets the whole merged backlog, then close.
+    let mut lp = s.http_get("/push/h2/long/b.h/a.h");
+    lp.expect_str(&m(&[1, 2, 3, 4, 6]));
+    lp.expect_eof();
+}
+
+#[test]
+fn streaming_after_a_merged_backlog_keeps_id_order() {
+    let s = start();
+    let mut ctl = s.ctl();
+    setup_interleaved(&mut ctl);
+    let mut st = s.http_get("/push/h1/stream/b.r2/a.r2");
+    st.expect_str(&hdr_msgs(&[
+        (2, "b", "m2"),
+        (3, "a", "m3"),
+        (4, "b", "m4"),
+        (6, "a", "m6"),
+    ]));
+    assert_eq!(ctl.count("a"), 1);
+    // Live events of both channels, in publishing order, in one burst.
+    assert_eq!(ctl.add("b", "m7"), 7);
+    ctl.send("ADDMESSAGE a m8\nADDMESSAGE c m9\nADDMESSAGE b m10\nADDMESSAGE a m11\n");
+    for id in 8..=11 {
+        assert_eq!(parse_ok_id(&ctl.read_reply_line()), id);
+    }
+    st.expect_str(&msgs(&[
+        (7, "b", "m7"),
+        (8, "a", "m8"),
+        (10, "b", "m10"),
+        (11, "a", "m11"),
+    ]));
+    st.expect_silence(Duration::from_millis(100));
+}
+
+#[test]
+fn many_interleaved_events_merge_in_id_order() {
+    // 120 events over 4 channels in an irregular pattern, some trimmed by
+    // MaxMessagesPerChannel: every request gets exactly the cached events
+    // of its channels, sorted by id.
+    let s = Server::start(&["-MaxMessagesPerChannel", "20"], &conf());
+    let mut ctl = s.ctl();
+    let names = ["w", "x", "y", "z"];
+    let mut events: Vec<(u64, &str, String)> = Vec::new();
+    for i in 0..120u64 {
+        let ch = names[((i * i + 3 * i) / 5 % 4) as usize];
+        let text = format!("t{i}");
+        let id = ctl.add(ch, &text);
+        events.push((id, ch, text));
+    }
+    // What each channel still holds: its last 20.
+    let mut cached: Vec<&(u64, &str, String)> = Vec::new();
+    for ch in names {
+        let of: Vec<_> = events.iter().filter(|e| e.1 == ch).collect();
+        cached.extend(&of[of.len().saturating_sub(20)..]);
+    }
+    cached.sort_by_key(|e| e.0);
+    for (path, chans, from) in [
+        ("w.h/x.h/y.h/z.h", &names[..], 0),
+        ("z.h/x.h", &["x", "z"][..], 0),
+        ("y.r60/w.r60/x.r60", &["w", "x", "y"][..], 60),
+    ] {
+        let want: String = cached
+            .iter()
+            .filter(|e| chans.contains(&e.1) && e.0 >= from)
+            .map(|e| format!("{}:{}:{}\n", e.0, e.1, e.2))
+            .collect();
+        assert_eq!(
+            poll(&s, &format!("/push/h/poll/{path}")),
+            format!("{HDR_OK}{want}"),
+            "{path}"
+        );
+    }
 }
 
 #[test]
@@ -792,33 +876,65 @@ fn custom_dynamic_page_address() {
     assert_eq!(poll(&s, "/live/h1/poll/a.h"), hdr_msgs(&[(1, "a", "x")]));
     // /push is now just a (missing) static path.
     let mut c = s.http_get("/push/h1/poll/a.h");
-    let got = c.read_to_end(WAIT);
-    assert!(
-        got.starts_with(b"HTTP/1.1 404 Not Found\r\n"),
-        "{}",
-        show(&got)
-    );
+    c.expect_str(&document_404());
+    c.expect_eof();
 }
 
 #[test]
 fn slow_request_head_is_cut_off() {
-    // Part B2: the time to send a request head is bounded. The bound is
-    // not given by the spec; allow up to 30 s.
-    let s = start();
+    // Part B2: the time to send a request head is bounded (HeadTimeout, 10 s
+    // by default; 1 s here): an incomplete head then gets exactly 408.
+    let s = Server::start(&["-HeadTimeout", "1"], &conf());
+    let t0 = Instant::now();
     let mut c = s.connect_sub();
     c.send(b"GET /push/h1/stream/ch HTTP/1.1\r\nHost: x\r\n");
-    let got = match c.read_to_end_with_deadline(Instant::now() + Duration::from_secs(30)) {
+    let got = match c.read_to_end_with_deadline(Instant::now() + Duration::from_secs(5)) {
         Ok(v) => v,
         Err(v) => panic!(
-            "an incomplete head was kept open for 30 s; got {}",
+            "an incomplete head was kept open for 5 s with HeadTimeout 1; got {}",
             show(&v)
         ),
     };
-    assert!(
-        got.starts_with(b"HTTP/1.") && got.len() > 10 && &got[8..10] == b" 4",
-        "expected an HTTP 4xx, got {}",
-        show(&got)
+    let took = t0.elapsed();
+    assert_eq!(
+        show(&got),
+        show(default_header("408 Request Timeout").as_bytes())
     );
+    assert!(took >= Duration::from_millis(900), "408 after {took:?}");
     let mut ctl = s.ctl();
     assert_eq!(ctl.count("ch"), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Routing: what is not a push or disconnect URL is a static document
+// ---------------------------------------------------------------------------
+
+#[test]
+fn routing_push_without_a_channel_part_is_a_document_request() {
+    // `/push/<hostid>/<mode>` has no channel part: not a push request, so a
+    // static document request; the document root has no such file.
+    let s = start();
+    let mut ctl = s.ctl();
+    for path in ["/push/abc/stream", "/push/abc/poll", "/push/abc/stream?x=1"] {
+        let mut c = s.http_get(path);
+        c.expect_str(&document_404());
+        c.expect_eof();
+    }
+    assert_eq!(ctl.list(), "OK\r\n--EOT--\r\n");
+    assert_eq!(ctl.stat("documents_not_found"), 3);
+}
+
+#[test]
+fn routing_disconnect_without_a_hostid_is_a_document_request() {
+    // `/disconnect/` names no hostid: a static document request (no such
+    // file), which disconnects nobody.
+    let s = start();
+    let mut ctl = s.ctl();
+    let mut st = s.subscribe("/push/h1/stream/a", HDR_OK);
+    let mut c = s.http_get("/disconnect/");
+    c.expect_str(&document_404());
+    c.expect_eof();
+    assert_eq!(ctl.stat("documents_not_found"), 1);
+    ctl.add("a", "still here");
+    st.expect_str("1:a:still here\n");
 }

@@ -241,5 +241,13 @@ fn header_for_404_uses_status_placeholder() {
     assert_eq!(f.len(), 7, "{all:?}");
     assert_eq!(f[0], "404 Not Found");
     assert_eq!(f[3], "", "empty channelinfo on 404: {all:?}");
-    let _ = body_after(&all, "404 Not Found|meteord|");
+    // After the server time: empty channelinfo and unknown name, `~`, and
+    // nothing else (no body on a 404).
+    let rest = body_after(&all, "404 Not Found|meteord|");
+    let (time, rest) = rest.split_once('|').unwrap_or_else(|| panic!("{all:?}"));
+    assert!(
+        time.parse::<u64>().is_ok(),
+        "servertime {time:?} in {all:?}"
+    );
+    assert_eq!(rest, "||~|\n", "{all:?}");
 }

@@ -7,51 +7,66 @@ use common::*;
 use std::time::{Duration, Instant};
 
 #[test]
-fn pings_every_ping_interval() {
-    let s = Server::start_test(&["-PingInterval", "3"]);
+fn pings_repeat_every_ping_interval_and_do_not_disturb_messages() {
+    // MaxMessageAge 2 as well: the defects table has pings going silent
+    // after the first when MaxMessageAge <= 2.
+    let s = Server::start_test(&["-PingInterval", "3", "-MaxMessageAge", "2"]);
+    let mut ctl = s.ctl();
     let mut c = s.subscribe("/push/h1/stream/a", HDR_OK);
-    c.read_until(b"PING\n", Duration::from_millis(4500))
-        .unwrap_or_else(|e| panic!("first ping: {e}"));
+    let t0 = Instant::now();
+    // The next bytes are exactly one ping, about 3 s after the subscription...
+    c.expect_within(b"PING\n", Duration::from_millis(4500));
+    let first = t0.elapsed();
     let t1 = Instant::now();
-    // Nothing but the ping arrived before it.
-    c.read_until(b"PING\n", Duration::from_millis(4500))
-        .map(|got| assert_eq!(got, b"PING\n"))
-        .unwrap_or_else(|e| panic!("second ping: {e}"));
+    // ...and exactly one more about 3 s later.
+    c.expect_within(b"PING\n", Duration::from_millis(4500));
     let gap = t1.elapsed();
+    assert!(
+        first >= Duration::from_millis(2000) && first <= Duration::from_millis(4200),
+        "first ping after {first:?}, expected about 3 s"
+    );
     assert!(
         gap >= Duration::from_millis(2000) && gap <= Duration::from_millis(4200),
         "pings {gap:?} apart, expected about 3 s"
     );
+    // Messages go on being delivered, unchanged, between pings.
+    ctl.add("a", "x");
+    c.expect_str("1:a:x\n");
 }
 
 #[test]
-fn default_ping_message_and_interval() {
-    // PingInterval defaults to 5; the default PingMessage.
-    let s = Server::start(&["-Persist.p", "1"], "");
-    let mut c = s.subscribe("/push/h1/p/a", &default_header("200 OK"));
-    let ping = "<script>p(-1,\"\");</script>\r\n";
-    c.expect_within(ping.as_bytes(), Duration::from_millis(6500));
-    let t1 = Instant::now();
-    c.expect_within(ping.as_bytes(), Duration::from_millis(6500));
-    let gap = t1.elapsed();
-    assert!(
-        gap >= Duration::from_millis(4000) && gap <= Duration::from_millis(6200),
-        "pings {gap:?} apart, expected about 5 s"
+fn default_ping_interval_and_message_and_pings_off_at_zero_and_two() {
+    // One server, three modes: `p` has the defaults (PingInterval 5, the
+    // default PingMessage), `stream` PingInterval 0 (off), `long`
+    // PingInterval 2 (off too, with a warning).
+    let s = Server::start_test(&[
+        "-Persist.p",
+        "1",
+        "-PingInterval.stream",
+        "0",
+        "-PingInterval.long",
+        "2",
+    ]);
+    let mut zero = s.subscribe("/push/h1/stream/a", HDR_OK);
+    let mut two = s.subscribe("/push/h2/long/a", HDR_OK);
+    let mut dflt = s.subscribe("/push/h3/p/a", &default_header("200 OK"));
+    let t0 = Instant::now();
+    // The first default ping comes 5 s after the subscription, and it is
+    // the next bytes.
+    dflt.expect_within(
+        b"<script>p(-1,\"\");</script>\r\n",
+        Duration::from_millis(6500),
     );
-}
-
-#[test]
-fn ping_interval_zero_disables_pings() {
-    let s = Server::start_test(&["-PingInterval", "0"]);
-    let mut c = s.subscribe("/push/h1/stream/a", HDR_OK);
-    c.expect_silence(Duration::from_millis(6000));
-}
-
-#[test]
-fn ping_interval_two_disables_pings_with_a_warning() {
-    let s = Server::start_test(&["-PingInterval", "2"]);
-    let mut c = s.subscribe("/push/h1/stream/a", HDR_OK);
-    c.expect_silence(Duration::from_millis(4500));
+    let first = t0.elapsed();
+    assert!(
+        first >= Duration::from_millis(4000) && first <= Duration::from_millis(6200),
+        "first ping after {first:?}, expected about 5 s"
+    );
+    // Six seconds in all (past a fallback to the default 5) without a byte
+    // for the other two.
+    let left = Duration::from_secs(6).saturating_sub(t0.elapsed());
+    zero.expect_silence(left.max(Duration::from_millis(10)));
+    two.expect_silence(Duration::from_millis(10));
     assert!(
         s.logs()
             .iter()
@@ -59,28 +74,6 @@ fn ping_interval_two_disables_pings_with_a_warning() {
         "expected a warning naming PingInterval in {:#?}",
         s.logs()
     );
-}
-
-#[test]
-fn pings_repeat_with_small_max_message_age() {
-    // Defects table: pings went silent after the first when MaxMessageAge <= 2.
-    let s = Server::start_test(&["-PingInterval", "3", "-MaxMessageAge", "2"]);
-    let mut c = s.subscribe("/push/h1/stream/a", HDR_OK);
-    for i in 0..3 {
-        c.read_until(b"PING\n", Duration::from_millis(4500))
-            .unwrap_or_else(|e| panic!("ping {i}: {e}"));
-    }
-}
-
-#[test]
-fn pings_do_not_disturb_messages() {
-    let s = Server::start_test(&["-PingInterval", "3"]);
-    let mut ctl = s.ctl();
-    let mut c = s.subscribe("/push/h1/stream/a", HDR_OK);
-    c.read_until(b"PING\n", Duration::from_millis(4500))
-        .unwrap_or_else(|e| panic!("ping: {e}"));
-    ctl.add("a", "x");
-    c.expect_str("1:a:x\n");
 }
 
 #[test]

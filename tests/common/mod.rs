@@ -159,6 +159,10 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_meteord")
 }
 
+/// A running meteord. Dropping it kills the process; the drop fails the
+/// test when the server had exited on its own (without the test saying it
+/// expects that through [`Server::wait_exit`] / [`Server::expect_exit`]) or
+/// when its standard error shows a panic.
 pub struct Server {
     child: Child,
     pub sub_addr: SocketAddr,
@@ -167,6 +171,10 @@ pub struct Server {
     pub conf_path: PathBuf,
     pub logs: Arc<Mutex<Vec<String>>>,
     pub dir: TempDir,
+    /// The test made the server exit on purpose (a signal, say).
+    exit_expected: bool,
+    /// Disconnected once the stderr reader has seen end of file.
+    log_lines: mpsc::Receiver<String>,
 }
 
 /// The socket address in the word after `marker` in `line`.
@@ -235,6 +243,8 @@ impl Server {
             conf_path,
             logs,
             dir,
+            exit_expected: false,
+            log_lines: rx,
         })
     }
 
@@ -251,8 +261,11 @@ impl Server {
         assert!(st.success(), "kill -s {sig} failed");
     }
 
-    /// Wait for the process to exit, up to `timeout`.
+    /// Wait for the process to exit, up to `timeout`. Calling this says the
+    /// test makes the server exit on purpose: dropping it after it exited is
+    /// then no failure.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.exit_expected = true;
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -263,6 +276,14 @@ impl Server {
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Wait for the exit the test caused (see [`Server::wait_exit`]);
+    /// panics when the server is still running after `timeout`.
+    pub fn expect_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.wait_exit(timeout).unwrap_or_else(|| {
+            panic!("meteord still running {timeout:?} after it was told to exit")
+        })
     }
 
     /// Is the server process still running?
@@ -328,8 +349,43 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Did it exit before we kill it?
+        let exited = self.child.try_wait().ok().flatten();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The process is gone: its standard error ends, and the reader
+        // thread then drops its sender (bounded, in case something else
+        // still holds the pipe).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log_lines.recv_timeout(left) {
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        if thread::panicking() {
+            // The test already failed; a second panic would abort.
+            return;
+        }
+        let logs = self.logs();
+        let tail = || logs[logs.len().saturating_sub(40)..].join("\n");
+        if let Some(at) = logs.iter().position(|l| l.contains("panicked")) {
+            panic!(
+                "meteord panicked during the test:\n{}\nlog (last 40 lines):\n{}",
+                logs[at..logs.len().min(at + 5)].join("\n"),
+                tail()
+            );
+        }
+        if let Some(status) = exited
+            && !self.exit_expected
+        {
+            panic!(
+                "meteord exited during the test ({status}) without the test expecting it \
+                 (Server::wait_exit / expect_exit); log (last 40 lines):\n{}",
+                tail()
+            );
+        }
     }
 }
 
