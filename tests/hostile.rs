@@ -35,8 +35,8 @@ fn error_reply(status: &str) -> String {
 
 /// The exact reply of the controller port's HTTP side to a refused head or
 /// body: `status` as a text/plain body, then close.
-fn control_error(status: &str) -> String {
-    let body = format!("{status}\n");
+fn control_error(status: &str, why: &str) -> String {
+    let body = format!("{status}: {why}\n");
     format!(
         "HTTP/1.1 {status}\r\nServer: meteord\r\nContent-Type: text/plain; charset=utf-8\r\n\
          Cache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -663,7 +663,8 @@ fn control_http_heads_and_bodies_are_bounded() {
     let mut big = Conn::connect(s.ctl_addr);
     big.send(format!("GET /stats HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "p".repeat(9000)).as_bytes());
     let got = String::from_utf8_lossy(&big.read_to_end(WAIT)).into_owned();
-    assert_eq!(got, control_error("431 Request Header Fields Too Large"));
+    let too_large = "431 Request Header Fields Too Large";
+    assert_eq!(got, control_error(too_large, "request head too large"));
     // Too many header lines: 431.
     let mut lines = String::from("GET /stats HTTP/1.1\r\n");
     for i in 0..65 {
@@ -671,7 +672,7 @@ fn control_http_heads_and_bodies_are_bounded() {
     }
     lines.push_str("\r\n");
     let got = control_http(&s, &lines);
-    assert_eq!(got, control_error("431 Request Header Fields Too Large"));
+    assert_eq!(got, control_error(too_large, "too many header lines"));
     // A body over MaxControllerLineBytes: 413, nothing published.
     let body = "b".repeat(1001);
     let got = control_http(
@@ -681,7 +682,8 @@ fn control_http_heads_and_bodies_are_bounded() {
             body.len()
         ),
     );
-    assert_eq!(got, control_error("413 Content Too Large"));
+    let why = "the body is over MaxControllerLineBytes";
+    assert_eq!(got, control_error("413 Content Too Large", why));
     // Exactly the bound is fine.
     let body = "b".repeat(1000);
     let got = control_http(
