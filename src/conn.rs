@@ -47,6 +47,8 @@ pub enum Reason {
     SlowConsumer,
     WriteTimeout,
     HeadTimeout,
+    /// A controller sent nothing for `ControllerIdleTimeout`.
+    IdleTimeout,
     BadRequest,
     NotFound,
     TooManyConnections,
@@ -71,6 +73,7 @@ impl Reason {
             Reason::SlowConsumer => "slowConsumer",
             Reason::WriteTimeout => "writeTimeout",
             Reason::HeadTimeout => "headTimeout",
+            Reason::IdleTimeout => "idleTimeout",
             Reason::BadRequest => "badRequest",
             Reason::NotFound => "notFound",
             Reason::TooManyConnections => "tooManyConnections",

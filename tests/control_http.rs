@@ -358,3 +358,35 @@ fn expect_100_continue_is_refused_at_once_when_the_request_will_be() {
     assert_eq!(ctl.command("AUTH s3cret"), "OK");
     assert_eq!(ctl.list(), "OK\r\n--EOT--\r\n");
 }
+
+/// A body within `MaxControllerLineBytes` is accepted even when its head and
+/// body together are longer (the input bound is one head plus one body),
+/// also when the client half-closes after sending; a client that goes away
+/// mid-body frees its connection.
+#[test]
+fn a_body_near_the_limit_is_answered_and_a_vanished_client_freed() {
+    let s = Server::start_test(&["-MaxControllerLineBytes", "1000"]);
+    let mut ctl = s.ctl();
+    let body = "b".repeat(1000);
+    let headers = format!("{LOCAL}X-Pad: {}\r\n", "p".repeat(500));
+    let mut c = Conn::connect(s.ctl_addr);
+    c.send(post("big", &headers, &body).as_bytes());
+    c.shutdown_write();
+    let got = String::from_utf8_lossy(&c.read_to_end(WAIT)).into_owned();
+    assert_eq!(got, published(1, "", true));
+    assert_eq!(ctl.list(), "OK\r\nbig(1/0)\r\n--EOT--\r\n");
+    // Head and half of a body over the line limit, then the client is gone.
+    let mut gone = Conn::connect(s.ctl_addr);
+    let head = format!(
+        "POST /pub/big HTTP/1.1\r\n{headers}Content-Length: 1000\r\n\r\n{}",
+        "b".repeat(700)
+    );
+    gone.send(head.as_bytes());
+    drop(gone);
+    let freed = eventually(WAIT, || {
+        parse_stats(&ctl.multi("SHOWSTATS"))
+            .iter()
+            .any(|(k, v)| k == "current_controllers" && *v == 1)
+    });
+    assert!(freed, "the vanished client's connection is still open");
+}

@@ -782,6 +782,15 @@ fn http_control_endpoints_need_the_bearer_token() {
         Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n\
         Content-Length: 17\r\nWWW-Authenticate: Bearer\r\nConnection: close\r\n\r\n\
         401 Unauthorized\n";
+    // Each wrong attempt from an address of its own: repeated failures
+    // from one address are slowed down (see `wrong_passwords_slow_down`).
+    let mut attempt = 0u8;
+    let mut wrong = |raw: &str| {
+        attempt += 1;
+        let mut c = connect_from(s.ctl_addr, std::net::Ipv4Addr::new(127, 0, 2, attempt));
+        c.send(raw.as_bytes());
+        String::from_utf8_lossy(&c.read_to_end(WAIT)).into_owned()
+    };
     for (what, auth) in [
         ("no Authorization", String::new()),
         ("a wrong token", format!("Authorization: Bearer {PW}x\r\n")),
@@ -791,20 +800,14 @@ fn http_control_endpoints_need_the_bearer_token() {
         ),
     ] {
         for path in ["/stats", "/channels", "/metrics"] {
-            let r = control_http(
-                &s,
-                &format!(
-                    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
-                ),
-            );
+            let r = wrong(&format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+            ));
             assert_eq!(r, unauthorized, "GET {path} with {what}");
         }
-        let r = control_http(
-            &s,
-            &format!(
-                "POST /pub/news HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 4\r\nConnection: close\r\n\r\nnope"
-            ),
-        );
+        let r = wrong(&format!(
+            "POST /pub/news HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 4\r\nConnection: close\r\n\r\nnope"
+        ));
         assert_eq!(r, unauthorized, "POST /pub with {what}");
     }
     // Nothing was published by the refused POSTs.
@@ -1450,4 +1453,108 @@ fn garbage_and_binary_input_is_answered_and_leaks_nothing() {
     assert_eq!(k.command("QUIT"), "OK");
     assert_back_to(&s, &mut ctl, &b, "after garbage");
     assert_serves(&s, &mut ctl);
+}
+
+/// Guessing the password is slow: a wrong bearer token closes the
+/// connection (keep-alive does not help), and after three wrong passwords
+/// from one address, on either protocol, further attempts from it are
+/// refused unchecked for a growing while; other addresses are not affected.
+#[test]
+fn wrong_passwords_slow_down() {
+    let (s, mut c) = start_with(&["-ControllerPassword", PW]);
+    assert_eq!(c.command(&format!("AUTH {PW}")), "OK");
+    let guess = |raw: &str| {
+        let mut h = Conn::connect(s.ctl_addr);
+        h.send(raw.as_bytes());
+        String::from_utf8_lossy(&h.read_to_end(WAIT)).into_owned()
+    };
+    // Keep-alive asked for, yet closed after the 401.
+    let bad = "GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer nope\r\n\r\n";
+    for _ in 0..2 {
+        let r = guess(bad);
+        assert!(r.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{r}");
+        assert!(r.contains("\r\nConnection: close\r\n"), "{r}");
+    }
+    // The third wrong password, by AUTH.
+    let mut w = s.ctl();
+    w.send("AUTH nope\n");
+    expect_reply_and_close(&mut w.conn, "ERR Invalid password\r\n", "a third wrong one");
+    // The fourth still gets its answer; the fifth comes too soon.
+    assert!(guess(bad).starts_with("HTTP/1.1 401 Unauthorized\r\n"));
+    let body = "429 Too Many Requests: too many wrong passwords from this address; wait\n";
+    let r = guess(bad);
+    assert_eq!(
+        r,
+        format!(
+            "HTTP/1.1 429 Too Many Requests\r\nServer: meteord\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Cache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    );
+    // Even the right password waits, on both protocols.
+    let right = format!(
+        "GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {PW}\r\nConnection: close\r\n\r\n"
+    );
+    assert!(guess(&right).starts_with("HTTP/1.1 429 "));
+    let mut w = s.ctl();
+    w.send(&format!("AUTH {PW}\n"));
+    expect_reply_and_close(
+        &mut w.conn,
+        "ERR Too many failed attempts, wait\r\n",
+        "AUTH while slowed down",
+    );
+    // Another address is not slowed down.
+    let mut other = connect_from(s.ctl_addr, std::net::Ipv4Addr::new(127, 0, 3, 1));
+    other.send(right.as_bytes());
+    let r = String::from_utf8_lossy(&other.read_to_end(WAIT)).into_owned();
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    // After the wait (1 s after the fourth failure), the right one works.
+    let mut ok = false;
+    for _ in 0..30 {
+        if guess(&right).starts_with("HTTP/1.1 200 OK\r\n") {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok, "the right password was still refused after the wait");
+    assert_serves(&s, &mut c);
+}
+
+/// The controller port has time limits: a connection must complete its
+/// first command, and any command or HTTP request it starts, within
+/// `ControllerCommandTimeout`; once it has completed one, it may stay
+/// silent up to `ControllerIdleTimeout` (a publisher that keeps its
+/// connection and publishes from time to time is not cut off).
+#[test]
+fn controller_connections_have_time_limits() {
+    let (s, _) = start_with(&[
+        "-ControllerCommandTimeout",
+        "1",
+        "-ControllerIdleTimeout",
+        "3",
+    ]);
+    // Says nothing at all.
+    let mut silent = Conn::connect(s.ctl_addr);
+    expect_reply_and_close(&mut silent, "ERR Timeout\r\n", "a silent controller");
+    // Half a command.
+    let mut half = Conn::connect(s.ctl_addr);
+    half.send(b"ADDMESSAGE ch he");
+    expect_reply_and_close(&mut half, "ERR Timeout\r\n", "half a command");
+    // An HTTP request whose body never comes.
+    let mut body = Conn::connect(s.ctl_addr);
+    body.send(b"POST /pub/ch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\nabc");
+    let got = String::from_utf8_lossy(&body.read_to_end(WAIT)).into_owned();
+    assert!(got.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{got}");
+    // A publisher that publishes every 1.5 s (longer than the command
+    // limit, shorter than the idle limit) keeps its connection.
+    let mut publisher = s.ctl();
+    for i in 0..3 {
+        assert_eq!(publisher.add("ch", &format!("tick{i}")), i + 1);
+        let quiet = publisher.conn.read_for(Duration::from_millis(1500));
+        assert!(quiet.is_empty(), "unexpected bytes: {quiet:?}");
+    }
+    // Silent for longer than the idle limit: closed, without a word.
+    publisher.conn.expect_eof();
+    assert_eq!(s.ctl().list(), "OK\r\nch(3/0)\r\n--EOT--\r\n");
 }

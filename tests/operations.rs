@@ -2026,19 +2026,28 @@ fn http_cors_and_password() {
         ("/stats", "GET", None),
         ("/metrics", "GET", None),
     ] {
-        for auth in [
+        for (i, auth) in [
             None,
             Some("Bearer wrong"),
             Some("s3cret"),
             Some("Basic s3cret"),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let mut h = vec![];
             if let Some(a) = auth {
                 h.push(("Authorization", a));
             }
-            let r = exchange(&mut c, &http_req(method, path, &h, body));
+            // A wrong password closes the connection and counts against
+            // its address: each attempt comes from an address of its own.
+            let source = std::net::Ipv4Addr::new(127, 0, 1, 10 + i as u8);
+            let mut wrong = connect_from(s.ctl_addr, source);
+            let r = exchange(&mut wrong, &http_req(method, path, &h, body));
             assert_eq!(r.status, 401, "{method} {path} with {auth:?}: {r:?}");
             assert_eq!(r.header("WWW-Authenticate"), Some("Bearer"), "{r:?}");
+            assert_eq!(r.header("Connection"), Some("close"), "{r:?}");
+            wrong.expect_eof();
         }
         let r = exchange(
             &mut c,

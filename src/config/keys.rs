@@ -173,6 +173,20 @@ keys! {
         kind: Kind::Text,
         help: "Configuration file to read (command line only)",
     };
+    CONTROLLER_IDLE_TIMEOUT = Key {
+        name: "ControllerIdleTimeout",
+        default: "600",
+        scope: Scope::Global,
+        kind: seconds(0),
+        help: "Seconds a controller that has completed a command may stay silent before it is closed (0: never)",
+    };
+    CONTROLLER_COMMAND_TIMEOUT = Key {
+        name: "ControllerCommandTimeout",
+        default: "30",
+        scope: Scope::Global,
+        kind: seconds(1),
+        help: "Seconds a controller has to complete a command or HTTP request once it started one, and to complete its first command (or AUTH) after connecting; then ERR Timeout (408 over HTTP) and close",
+    };
     CONTROLLER_IP = Key {
         name: "ControllerIP",
         default: "",

@@ -163,6 +163,10 @@ pub struct Config {
     /// `MaxMessageAge` in seconds (at most `keys::MAX_SECONDS`); 0 is no limit.
     pub max_message_age: u64,
     pub controller_shutdown: Vec<u8>,
+    /// `ControllerCommandTimeout` in seconds.
+    pub controller_command_timeout: u64,
+    /// `ControllerIdleTimeout` in seconds; 0 is never.
+    pub controller_idle_timeout: u64,
     /// `ControllerPassword`; None when empty.
     pub controller_password: Option<Vec<u8>>,
     pub limits: Limits,
@@ -407,6 +411,8 @@ impl Config {
             max_message_age: r.number(&MAX_MESSAGE_AGE, None)?,
             controller_shutdown: r.text(&CONTROLLER_SHUTDOWN_MSG, None),
             controller_password,
+            controller_idle_timeout: r.number(&CONTROLLER_IDLE_TIMEOUT, None)?,
+            controller_command_timeout: r.number(&CONTROLLER_COMMAND_TIMEOUT, None)?,
             redis: match r.string(&REDIS_ADDRESS, None)?.trim() {
                 "" => None,
                 value => Some(

@@ -9,6 +9,7 @@ use crate::http::{self, HttpError, cors_lines};
 use crate::hub::Publish;
 use crate::template::Escape;
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
 /// The parts of a control request head the endpoints use.
 #[derive(Debug, PartialEq, Eq)]
@@ -251,8 +252,11 @@ fn json_string(out: &mut String, bytes: &[u8]) {
 /// What a request gets: a response now, or (a publish sent to Redis) one
 /// once Redis answered, made by `published`.
 pub enum Answer {
-    Now(Vec<u8>),
-    Later { cors: String },
+    /// The response, and whether the connection closes after it.
+    Now(Vec<u8>, bool),
+    Later {
+        cors: String,
+    },
 }
 
 /// The response to a publish Redis answered (`id` None: it failed).
@@ -280,12 +284,12 @@ fn unavailable(cors: &str, close: bool) -> Vec<u8> {
     )
 }
 
-/// Answers one request; `body` is its complete body.
-pub fn respond(request: &ControlRequest, body: &[u8], ctx: &mut Context) -> Answer {
-    Answer::Now(match respond_now(request, body, ctx) {
-        Ok(response) => response,
-        Err(later) => return later,
-    })
+/// Answers one request from `peer`; `body` is its complete body.
+pub fn respond(request: &ControlRequest, body: &[u8], peer: IpAddr, ctx: &mut Context) -> Answer {
+    match respond_now(request, body, peer, ctx) {
+        Ok((response, close)) => Answer::Now(response, close),
+        Err(later) => later,
+    }
 }
 
 /// What a request asks for, once its head passed `screen` and `endpoint`.
@@ -395,22 +399,37 @@ pub fn refuse_before_body(request: &ControlRequest, ctx: &Context) -> Option<Vec
 fn respond_now(
     request: &ControlRequest,
     body: &[u8],
+    peer: IpAddr,
     ctx: &mut Context,
-) -> Result<Vec<u8>, Answer> {
+) -> Result<(Vec<u8>, bool), Answer> {
     let cors = cors_lines(&ctx.config.allowed_origins, request.origin.as_deref());
     let close = request.close;
     let json = "application/json";
-    let endpoint = match endpoint(
-        request,
-        ctx.config.controller_password.as_deref(),
-        ctx.config.limits.channel_name_length,
-    ) {
+    let password = ctx.config.controller_password.as_deref();
+    if password.is_some() && ctx.auth.blocked(peer, ctx.now) {
+        ctx.stats.errors_served += 1;
+        let refused = Refused::new(
+            "429 Too Many Requests",
+            "429 Too Many Requests: too many wrong passwords from this address; wait\n",
+        );
+        return Ok((refused.response(&cors, true), true));
+    }
+    let endpoint = match endpoint(request, password, ctx.config.limits.channel_name_length) {
         Ok(endpoint) => endpoint,
         Err(refused) => {
             ctx.stats.errors_served += 1;
-            return Ok(refused.response(&cors, close));
+            // A wrong password ends the connection, as `AUTH` does, and
+            // counts against the address.
+            if refused.challenge {
+                ctx.auth.failed(peer, ctx.now);
+                return Ok((refused.response(&cors, true), true));
+            }
+            return Ok((refused.response(&cors, close), close));
         }
     };
+    if password.is_some() && endpoint != Endpoint::Preflight {
+        ctx.auth.succeeded(peer);
+    }
     let (content_type, payload) = match endpoint {
         Endpoint::Preflight => {
             let extra = format!(
@@ -418,21 +437,24 @@ fn respond_now(
                  Access-Control-Allow-Headers: Authorization, Content-Type\r\nAccess-Control-Max-Age: 600\r\n"
             );
             let text = "text/plain; charset=utf-8";
-            return Ok(response("204 No Content", text, "", &extra, close));
+            return Ok((response("204 No Content", text, "", &extra, close), close));
         }
         Endpoint::Publish(channel) => match publish(channel, body, ctx) {
             Published::Now(id) => (json, format!("{{\"id\":{id}}}\n")),
             Published::Later => return Err(Answer::Later { cors }),
             Published::Unavailable => {
                 ctx.stats.errors_served += 1;
-                return Ok(unavailable(&cors, close));
+                return Ok((unavailable(&cors, close), close));
             }
         },
         Endpoint::Channels => (json, channels(ctx)),
         Endpoint::Stats => (json, stats(ctx)),
         Endpoint::Metrics => ("text/plain; version=0.0.4; charset=utf-8", metrics(ctx)),
     };
-    Ok(response("200 OK", content_type, &payload, &cors, close))
+    Ok((
+        response("200 OK", content_type, &payload, &cors, close),
+        close,
+    ))
 }
 
 /// How a publish went.

@@ -3,6 +3,7 @@
 //! reads requests, answers them in order and closes after flushing. Every
 //! publish goes through the hub, which answers now or later.
 
+pub mod auth;
 pub mod commands;
 pub mod http;
 pub mod udp;
@@ -16,12 +17,14 @@ use crate::io::{
     COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN, Io, READS_PER_TURN, read_some, write_some,
 };
 use crate::stats::Stats;
+use auth::AuthFailures;
 use commands::{Command, parse, same_secret};
 use http::Answer;
 use mio::net::TcpStream;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 /// Stop reading commands while this many reply bytes wait for the peer.
 const OUT_HIGH_WATER: usize = 1024 * 1024;
@@ -56,6 +59,10 @@ pub struct Controller {
     awaiting: VecDeque<Awaiting>,
     /// The peer closed its sending side: answer what is buffered, then close.
     peer_done: bool,
+    /// When it last completed a command or request (or connected).
+    last_command: Instant,
+    /// When the first byte of the incomplete command in `partial` came.
+    partial_since: Option<Instant>,
     /// `100 Continue` was sent for the HTTP request being read.
     continued: bool,
 }
@@ -84,6 +91,9 @@ pub struct Context<'a> {
     /// Likewise in bytes, for large events.
     pub bytes_left: usize,
     pub now_ms: u64,
+    pub now: Instant,
+    /// Wrong passwords by address.
+    pub auth: &'a mut AuthFailures,
 }
 
 impl Context<'_> {
@@ -95,7 +105,7 @@ impl Context<'_> {
 
 impl Controller {
     /// A new connection; `locked` when it must send `AUTH` first.
-    pub fn new(socket: TcpStream, peer: SocketAddr, locked: bool) -> Controller {
+    pub fn new(socket: TcpStream, peer: SocketAddr, locked: bool, now: Instant) -> Controller {
         Controller {
             socket,
             peer,
@@ -107,7 +117,61 @@ impl Controller {
             awaiting: VecDeque::new(),
             peer_done: false,
             continued: false,
+            last_command: now,
+            partial_since: None,
         }
+    }
+
+    /// When this connection must next have done something: finished the
+    /// command (or request) it started, or its first command, or `AUTH`,
+    /// within `ControllerCommandTimeout`; and once it has, sent another within
+    /// `ControllerIdleTimeout` (a publisher that keeps its connection open
+    /// and publishes from time to time is told apart by having completed a
+    /// command). None while the hub owes it an answer.
+    pub fn deadline(&self, config: &Config) -> Option<Instant> {
+        if !self.reading() || !self.awaiting.is_empty() {
+            return None;
+        }
+        if self.owes_a_command() {
+            let since = self.partial_since.unwrap_or(self.last_command);
+            return Some(since + Duration::from_secs(config.controller_command_timeout));
+        }
+        match config.controller_idle_timeout {
+            0 => None,
+            idle => Some(self.last_command + Duration::from_secs(idle)),
+        }
+    }
+
+    /// Whether it has yet to complete a command it started, its first one,
+    /// or its `AUTH`.
+    fn owes_a_command(&self) -> bool {
+        self.lines == 0 || self.phase == Phase::Locked || !self.partial.is_empty()
+    }
+
+    /// A due deadline: a command not completed in time gets `ERR Timeout`
+    /// (or `408` over HTTP) and the connection closes; an idle one closes.
+    pub fn on_timer(&mut self, ctx: &mut Context) -> Step {
+        if self.deadline(ctx.config).is_none_or(|at| at > ctx.now) {
+            return self.ready(ctx);
+        }
+        if !self.owes_a_command() {
+            info!("{}: controller idle for ControllerIdleTimeout", self.peer);
+            return Step::Close(Reason::IdleTimeout);
+        }
+        info!(
+            "{}: controller did not complete a command within HeadTimeout",
+            self.peer
+        );
+        if self.phase == Phase::Http {
+            ctx.stats.errors_served += 1;
+            self.out
+                .extend_from_slice(&http::error_response(HttpError::Timeout));
+        } else {
+            self.reply(ctx.stats, b"ERR Timeout\r\n");
+        }
+        self.partial = Vec::new();
+        self.phase = Phase::Closing(Reason::HeadTimeout);
+        self.ready(ctx)
     }
 
     /// Queues a last message (the `ControllerShutdownMsg`) and closes once sent.
@@ -139,6 +203,16 @@ impl Controller {
         Ok(())
     }
 
+    /// The most unanswered input worth holding: one command, or one HTTP
+    /// request (head and body). Beyond it, reading waits for the hub.
+    fn input_cap(&self, config: &Config) -> usize {
+        let limits = &config.limits;
+        match self.phase {
+            Phase::Http => limits.head_bytes + limits.controller_line_bytes,
+            _ => limits.controller_line_bytes,
+        }
+    }
+
     fn reading(&self) -> bool {
         matches!(self.phase, Phase::Open | Phase::Locked | Phase::Http)
     }
@@ -166,6 +240,9 @@ impl Controller {
             }
             // Answer what is buffered before reading more.
             self.process(ctx);
+            if self.partial.is_empty() {
+                self.partial_since = None;
+            }
             if !self.reading() {
                 continue;
             }
@@ -184,13 +261,14 @@ impl Controller {
                 }
                 return Step::Wait;
             }
-            if self.partial.len() > ctx.config.limits.controller_line_bytes {
+            if !self.awaiting.is_empty() && self.partial.len() > self.input_cap(ctx.config) {
                 // Waiting for the hub to answer before taking more input.
                 return Step::Wait;
             }
             match read_some(&mut self.socket, ctx.scratch) {
                 Io::Progress(n) => {
                     ctx.stats.total_inbound_bytes += n as u64;
+                    self.partial_since.get_or_insert(ctx.now);
                     self.partial.extend_from_slice(&ctx.scratch[..n]);
                 }
                 Io::WouldBlock => {
@@ -228,6 +306,7 @@ impl Controller {
                 break;
             }
             self.lines += 1;
+            self.last_command = ctx.now;
             ctx.commands_left -= 1;
             ctx.bytes_left = ctx.bytes_left.saturating_sub(nl + 1);
             if ctx.bytes_left == 0 {
@@ -327,16 +406,17 @@ impl Controller {
             }
             self.continued = false;
             self.lines += 1;
+            self.last_command = ctx.now;
             ctx.commands_left -= 1;
             ctx.bytes_left = ctx.bytes_left.saturating_sub(head_len + body_len);
             if ctx.bytes_left == 0 {
                 ctx.commands_left = 0;
             }
             let body = &self.partial[head_len..head_len + body_len];
-            let close = match http::respond(&request, body, ctx) {
-                Answer::Now(response) => {
+            let close = match http::respond(&request, body, self.peer.ip(), ctx) {
+                Answer::Now(response, close) => {
                     self.out.extend_from_slice(&response);
-                    request.close
+                    close
                 }
                 Answer::Later { cors } => {
                     let close = request.close;
@@ -376,14 +456,22 @@ impl Controller {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let command = parse(line);
         if self.phase == Phase::Locked {
+            let ip = self.peer.ip();
             match (command, ctx.config.controller_password.as_deref()) {
+                (Some(Command::Auth { .. }), _) if ctx.auth.blocked(ip, ctx.now) => {
+                    info!("{}: AUTH refused: too many wrong passwords", self.peer);
+                    self.reply(ctx.stats, b"ERR Too many failed attempts, wait\r\n");
+                    self.phase = Phase::Closing(Reason::BadPassword);
+                }
                 (Some(Command::Auth { password }), Some(expected))
                     if same_secret(password, expected) =>
                 {
+                    ctx.auth.succeeded(ip);
                     self.out.extend_from_slice(b"OK\r\n");
                     self.phase = Phase::Open;
                 }
                 (Some(Command::Auth { .. }), _) => {
+                    ctx.auth.failed(ip, ctx.now);
                     info!("{}: controller sent a wrong password", self.peer);
                     self.reply(ctx.stats, b"ERR Invalid password\r\n");
                     self.phase = Phase::Closing(Reason::BadPassword);

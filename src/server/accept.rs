@@ -162,10 +162,12 @@ impl Server {
             debug!("{peer}: cannot set TCP_NODELAY: {e}");
         }
         let locked = self.world.config.controller_password.is_some();
-        let controller = Controller::new(socket, peer, locked);
-        if self.register(Conn::Controller(controller), peer).is_some() {
+        let controller = Controller::new(socket, peer, locked, Instant::now());
+        if let Some(id) = self.register(Conn::Controller(controller), peer) {
             self.world.stats.current_controllers += 1;
             info!("{peer}: controller connected");
+            // Starts its first-command timer.
+            self.after(id, Step::Wait);
         }
     }
 

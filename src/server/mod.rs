@@ -13,7 +13,7 @@ use crate::channel::Channels;
 use crate::cluster::{Cluster, Completion};
 use crate::config::{Config, RawSettings};
 use crate::conn::{ConnId, Reason, Step};
-use crate::controller;
+use crate::controller::{self, auth::AuthFailures};
 use crate::deadline::Deadlines;
 use crate::hub::Hub;
 use crate::io::SCRATCH_BYTES;
@@ -39,6 +39,8 @@ struct World {
     kicks: Vec<(ConnId, Reason)>,
     /// The loop-wide read buffer.
     scratch: Vec<u8>,
+    /// Wrong publisher passwords by address.
+    auth: AuthFailures,
 }
 
 impl World {
@@ -67,6 +69,8 @@ impl World {
             commands_left,
             bytes_left,
             now_ms: unix_ms(),
+            now: Instant::now(),
+            auth: &mut self.auth,
         }
     }
 }
@@ -140,6 +144,7 @@ impl Server {
                 hosts: Hosts::new(),
                 kicks: Vec::new(),
                 scratch: vec![0; SCRATCH_BYTES],
+                auth: AuthFailures::default(),
             },
             command_line,
             timers: Deadlines::default(),
@@ -256,12 +261,13 @@ impl Server {
             Step::Yield => self.pending.push(id),
             Step::Close(reason) => return self.close(id, reason),
         }
-        let write_timeout = self.world.config.limits.write_timeout;
+        let config = &self.world.config;
         let Some(slot) = self.conns.get(id) else {
             return;
         };
         let wanted = match &slot.conn {
-            Conn::Subscriber(s) => s.deadline(write_timeout),
+            Conn::Subscriber(s) => s.deadline(config.limits.write_timeout),
+            Conn::Controller(c) => c.deadline(config),
             _ => None,
         };
         slot.timer = self.timers.set(id, slot.timer, wanted);
@@ -275,6 +281,7 @@ impl Server {
             slot.timer = None;
             let step = match &mut slot.conn {
                 Conn::Subscriber(s) => s.on_timer(&mut self.world.subscriber(id, now)),
+                Conn::Controller(c) => c.on_timer(&mut self.world.controller(id)),
                 _ => Step::Wait,
             };
             self.after(id, step);

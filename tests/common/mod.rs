@@ -761,35 +761,68 @@ impl Conn {
 /// as the kernel allows) before connecting, so that a server writing to it
 /// blocks after a few kilobytes whatever the host's TCP autotuning does.
 pub fn connect_small_rcvbuf(addr: SocketAddr, rcvbuf: libc::c_int) -> Conn {
+    connect_with(addr, Some(rcvbuf), None)
+}
+
+/// Connects from the loopback address `source` (any of 127.0.0.0/8), so
+/// that a test can act as several client addresses.
+pub fn connect_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> Conn {
+    assert!(source.is_loopback(), "tests only use loopback: {source}");
+    connect_with(addr, None, Some(source))
+}
+
+fn sockaddr(ip: std::net::Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// A blocking IPv4 connection, with a receive buffer size and a source
+/// address when given.
+fn connect_with(
+    addr: SocketAddr,
+    rcvbuf: Option<libc::c_int>,
+    source: Option<std::net::Ipv4Addr>,
+) -> Conn {
     let SocketAddr::V4(v4) = addr else {
         panic!("IPv4 expected: {addr}")
     };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: plain socket calls on a descriptor we own; the structures
     // are fully initialised and sized for the calls; the descriptor is
     // handed to a TcpStream, which closes it.
     let stream = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let r = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &rcvbuf as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        assert_eq!(r, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
+        if let Some(rcvbuf) = rcvbuf {
+            let r = libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &rcvbuf as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            assert_eq!(r, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+        }
+        if let Some(source) = source {
+            let sin = sockaddr(source, 0);
+            let r = libc::bind(
+                fd,
+                &sin as *const libc::sockaddr_in as *const libc::sockaddr,
+                len,
+            );
+            assert_eq!(r, 0, "bind {source}: {}", std::io::Error::last_os_error());
+        }
+        let sin = sockaddr(*v4.ip(), v4.port());
         let r = libc::connect(
             fd,
             &sin as *const libc::sockaddr_in as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            len,
         );
         assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
         TcpStream::from_raw_fd(fd)
