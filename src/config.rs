@@ -121,6 +121,20 @@ const KEYS: &[Key] = &[
         scope: Scope::Global,
         help: "Time stamp of log lines: human or unix",
     },
+    // --- memory bounds (src/channel.rs) ---
+    Key {
+        name: "MaxCachedBytes",
+        default: "67108864",
+        scope: Scope::Global,
+        help: "Bytes all channels may hold for events (texts, rendered copies, 64 bytes per message and 16 per copy); the oldest events across channels are evicted first (0: no limit)",
+    },
+    Key {
+        name: "MaxChannels",
+        default: "100000",
+        scope: Scope::Global,
+        help: "Most channels at once; a publish that would create one more gets ERR (HTTP 507) (0: no limit)",
+    },
+    // --- end of memory bounds ---
     Key {
         name: "MaxChannelNameLength",
         default: "128",
@@ -652,6 +666,10 @@ pub struct Config {
     pub dynamic_page_address: String,
     pub max_messages_per_channel: usize,
     pub max_message_age: u64,
+    // --- memory bounds (src/channel.rs); 0 is no limit ---
+    pub max_cached_bytes: u64,
+    pub max_channels: usize,
+    // --- end of memory bounds ---
     pub controller_shutdown: Vec<u8>,
     /// `ControllerPassword`; None when empty.
     pub controller_password: Option<Vec<u8>>,
@@ -841,6 +859,10 @@ impl Config {
             dynamic_page_address,
             max_messages_per_channel,
             max_message_age: r.number("MaxMessageAge", None)?,
+            // --- memory bounds ---
+            max_cached_bytes: r.number("MaxCachedBytes", None)?,
+            max_channels: r.size("MaxChannels")?,
+            // --- end of memory bounds ---
             controller_shutdown: r.text("ControllerShutdownMsg", None)?,
             controller_password,
             redis: match r.string("RedisAddress", None)?.trim() {

@@ -251,9 +251,18 @@ fn publish(channel: &str, body: &[u8], ctx: &mut Context) -> Published {
         ctx.stats.unique_messages += 1;
         return Published::Later;
     }
-    let id = ctx.channels.publish(channel.as_bytes(), body, ctx.now_ms);
-    ctx.stats.unique_messages += 1;
-    Published::Now(("200 OK", "application/json", format!("{{\"id\":{id}}}\n")))
+    match ctx.channels.publish(channel.as_bytes(), body, ctx.now_ms) {
+        Ok(id) => {
+            ctx.stats.unique_messages += 1;
+            Published::Now(("200 OK", "application/json", format!("{{\"id\":{id}}}\n")))
+        }
+        // MaxChannels or MaxCachedBytes.
+        Err(refused) => Published::Now((
+            "507 Insufficient Storage",
+            text,
+            format!("507 Insufficient Storage: {refused}\n"),
+        )),
+    }
 }
 
 fn channels(ctx: &Context) -> String {

@@ -457,11 +457,14 @@ impl Controller {
                 self.reply(ctx.stats, b"ERR Channel name too long\r\n");
             }
             Some(Command::AddMessage { channel, text }) => match ctx.cluster.as_deref_mut() {
-                None => {
-                    let id = ctx.channels.publish(channel, text, ctx.now_ms);
-                    ctx.stats.unique_messages += 1;
-                    let _ = write!(self.out, "OK\t{id}\r\n");
-                }
+                None => match ctx.channels.publish(channel, text, ctx.now_ms) {
+                    Ok(id) => {
+                        ctx.stats.unique_messages += 1;
+                        let _ = write!(self.out, "OK\t{id}\r\n");
+                    }
+                    // MaxChannels or MaxCachedBytes: ERR <reason>.
+                    Err(refused) => self.reply(ctx.stats, format!("ERR {refused}\r\n").as_bytes()),
+                },
                 Some(cluster) => {
                     let max = ctx.channels.max_per_channel;
                     if cluster.publish(Some(ctx.token), channel, text, ctx.now_ms, max) {

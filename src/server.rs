@@ -227,7 +227,12 @@ impl Server {
         Ok(Server {
             poll,
             conns,
-            channels: Channels::new(config.max_messages_per_channel, config.max_message_age),
+            channels: Channels::with_bounds(
+                config.max_messages_per_channel,
+                config.max_message_age,
+                config.max_cached_bytes,
+                config.max_channels,
+            ),
             stats: Stats::default(),
             docs: Documents::new(config.document_root.clone(), config.directory_index.clone()),
             config,
@@ -809,10 +814,14 @@ impl Server {
                     if channel.len() <= self.config.limits.channel_name_length =>
                 {
                     let published = match self.cluster.as_mut() {
-                        None => {
-                            self.channels.publish(channel, text, unix_ms());
-                            true
-                        }
+                        None => match self.channels.publish(channel, text, unix_ms()) {
+                            Ok(_) => true,
+                            // MaxChannels or MaxCachedBytes.
+                            Err(refused) => {
+                                info!("{peer}: UDP publish refused: {refused}");
+                                continue;
+                            }
+                        },
                         Some(cluster) => {
                             let max = self.channels.max_per_channel;
                             cluster.publish(None, channel, text, unix_ms(), max)
@@ -888,6 +897,8 @@ impl Server {
         log::configure(config.debug, config.log_time_format);
         self.channels
             .set_limits(config.max_messages_per_channel, config.max_message_age);
+        self.channels
+            .set_bounds(config.max_cached_bytes, config.max_channels);
         self.docs = Documents::new(config.document_root.clone(), config.directory_index.clone());
         for warning in &config.warnings {
             info!("warning: {warning}");
