@@ -295,12 +295,18 @@ fn stats(ctx: &Context) -> String {
     for (name, value) in s.counters().into_iter().chain(s.extra_counters()) {
         let _ = write!(out, ",\"{name}\":{value}");
     }
-    let _ = writeln!(
+    let _ = write!(
         out,
-        ",\"events_cached\":{},\"bytes_cached\":{}}}",
+        ",\"events_cached\":{},\"bytes_cached\":{}",
         ctx.channels.cached_events(),
         ctx.channels.cached_bytes()
     );
+    // Memory bounds: gauges, then counters.
+    let memory = ctx.channels.memory_gauges();
+    for (name, value) in memory.into_iter().chain(ctx.channels.memory_counters()) {
+        let _ = write!(out, ",\"{name}\":{value}");
+    }
+    out.push_str("}\n");
     out
 }
 
@@ -374,6 +380,21 @@ fn metrics(ctx: &Context) -> String {
         "Bytes held by channel caches and their rendered buffers.",
         &[("", ctx.channels.cached_bytes())],
     );
+    // Memory bounds: gauges, then counters.
+    for (name, value) in ctx.channels.memory_gauges() {
+        let help = format!("Memory bounds: {name}.");
+        metric(&mut out, name, "gauge", &help, &[("", value)]);
+    }
+    for (name, value) in ctx.channels.memory_counters() {
+        let help = format!("Memory bounds: {name}.");
+        metric(
+            &mut out,
+            &format!("{name}_total"),
+            "counter",
+            &help,
+            &[("", value)],
+        );
+    }
     out
 }
 
