@@ -771,6 +771,8 @@ impl Channels {
             self.queue_swept = self.queue_swept.saturating_sub(1);
             self.evict(queued);
         }
+        shrink_queue(&mut self.queue);
+        shrink_queue(&mut self.idle);
     }
 
     /// Evicts one event (and any older of its channel) from the cache and
