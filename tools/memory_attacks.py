@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 SIX_MODES = "".join(
@@ -130,9 +131,15 @@ def large_events(binary, extra):
     s.stop()
 
 
-def trimmed(binary, extra):
-    s = Server(binary, "", extra)
+def trimmed(binary, extra, reader=False):
+    s = Server(binary, SIX_MODES, extra)
     s.report("started")
+    if reader:
+        c = socket.create_connection(s.sub)
+        c.sendall(b"GET /push/h/m0/big HTTP/1.1\r\n\r\n")
+        threading.Thread(target=lambda: [None for _ in iter(lambda: c.recv(1 << 20), b"")],
+                         daemon=True).start()
+        time.sleep(0.2)
     s.publish("big", b"x" * (1 << 20), count=250)
     s.report("250 events of 1 MiB")
     s.publish("big", b"small", count=300, batch=100)
@@ -141,11 +148,17 @@ def trimmed(binary, extra):
     s.stop()
 
 
+def trimmed_with_a_reader(binary, extra):
+    trimmed(binary, extra, reader=True)
+
+
 def main():
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
     binary, extra = os.path.abspath(sys.argv[1]), sys.argv[2:]
-    for attack in (six_modes, many_channels, large_events, trimmed):
+    only = os.environ.get("ATTACKS", "").split()
+    attacks = (six_modes, many_channels, large_events, trimmed, trimmed_with_a_reader)
+    for attack in (a for a in attacks if not only or a.__name__ in only):
         print(attack.__name__, flush=True)
         attack(binary, extra)
 
