@@ -1506,6 +1506,23 @@ mod tests {
     }
 
     #[test]
+    fn a_lower_bound_on_reload_evicts_at_once() {
+        let mut ch = Channels::with_bounds(100, 0, 0, 0);
+        for i in 0..50u64 {
+            let name = format!("c{}", i % 5);
+            publish(&mut ch, name.as_bytes(), 1_000);
+        }
+        assert_eq!(ch.counters.evicted_events, 0);
+        ch.set_bounds(10_000, 0);
+        assert!(ch.cached_bytes() <= 10_000);
+        // The newest nine (ids 42 to 50) remain, whatever their channel.
+        assert_eq!(cached_ids(&ch, b"c4"), [45, 50]);
+        assert_eq!(cached_ids(&ch, b"c0"), [46]);
+        assert_eq!(ch.counters.evicted_events, 41);
+        assert_eq!(totals(&ch), recount(&ch));
+    }
+
+    #[test]
     fn buffers_shrink_when_what_they_hold_shrinks() {
         let mut ch = Channels::with_bounds(5, 0, 0, 0);
         let t = text_only();
