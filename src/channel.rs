@@ -128,8 +128,8 @@ pub struct Stream {
     marks: VecDeque<Mark>,
     /// Cursors reading this stream.
     readers: usize,
-    /// Counts the times the last reader left, telling a current entry of
-    /// `Channels::idle` from an outdated one.
+    /// Set (from `Channels::next_serial`) each time the last reader
+    /// leaves, telling a current entry of `Channels::idle` from an outdated one.
     idle_gen: u64,
 }
 
@@ -521,6 +521,7 @@ pub struct Channels {
     idle: VecDeque<Idle>,
     /// Entries at the back of `idle` not yet given a time by `expire`.
     idle_unstamped: usize,
+    /// Numbers channels (`Channel::serial`) and idle periods (`Stream::idle_gen`).
     next_serial: u64,
     /// The most held since the allocator last returned memory.
     high_water: u64,
@@ -1060,7 +1061,10 @@ impl Channels {
             if let Some(stream) = channel.streams.get_mut(cursor.stream) {
                 stream.readers = stream.readers.saturating_sub(1);
                 if stream.readers == 0 {
-                    stream.idle_gen += 1;
+                    // Unique across streams: a stream later put at the same
+                    // index is not mistaken for this one.
+                    self.next_serial += 1;
+                    stream.idle_gen = self.next_serial;
                     let idle = Idle {
                         key,
                         serial: channel.serial,
