@@ -9,9 +9,9 @@
 //! channels. Above `MaxCachedBytes`, rendered buffers nobody reads go first,
 //! then the oldest events across all channels, in publishing order, from one
 //! queue. The newest event of a buffer with readers is never evicted (they
-//! may not have sent it yet): a publish that would need those alone to pass
-//! the bound, or an event larger than the bound by itself, is refused, and so
-//! is a publish that would create a channel beyond `MaxChannels`. A buffer
+//! may not have sent it yet): a publish that would not fit beside those, or
+//! an event larger than the bound by itself, is refused, and so is a
+//! publish that would create a channel beyond `MaxChannels`. A buffer
 //! whose last reader left is dropped `STREAM_GRACE_MS` later and rendered
 //! again from the cache when a reader comes back. Buffers shrink when what
 //! they hold shrinks, and after a large drop the allocator is asked to give
@@ -26,7 +26,8 @@ use std::rc::Rc;
 /// Events a stream keeps for subscribers that are still writing them out,
 /// even when the message cache keeps fewer (`MaxMessagesPerChannel 0`, or
 /// after SIGUSR1): a subscriber further behind than this and than the cache
-/// has lost events and is dropped as a slow consumer.
+/// has lost events and is dropped as a slow consumer. `MaxCachedBytes` may
+/// evict below the floor (never a read stream's newest event).
 pub const STREAM_FLOOR_EVENTS: usize = 64;
 
 /// `MaxCachedBytes` by default: 64 MiB.
