@@ -4,7 +4,7 @@
 //! publishes through `Hub::publish`; the connection state machines never
 //! see whether Redis exists.
 
-use crate::channel::Channels;
+use crate::channel::{Channels, PublishRefused};
 use crate::cluster::link::{Link, LinkError};
 use crate::cluster::{Cluster, Completion, Received};
 use crate::conn::ConnId;
@@ -21,6 +21,8 @@ pub enum Publish {
     Pending,
     /// The backend is away: nothing was stored.
     Unavailable,
+    /// Over a memory bound (`MaxChannels`, `MaxCachedBytes`): not stored.
+    Refused(PublishRefused),
 }
 
 /// The channels, and where events come from and go to.
@@ -53,7 +55,10 @@ impl Hub {
         now_ms: u64,
     ) -> Publish {
         let result = match self.cluster.as_mut() {
-            None => Publish::Done(self.channels.publish(channel, text, now_ms)),
+            None => match self.channels.publish(channel, text, now_ms) {
+                Ok(id) => Publish::Done(id),
+                Err(refused) => Publish::Refused(refused),
+            },
             Some(cluster) => {
                 let max = self.channels.max_per_channel;
                 match cluster.publish(from, channel, text, now_ms, max) {
@@ -62,7 +67,7 @@ impl Hub {
                 }
             }
         };
-        if result != Publish::Unavailable {
+        if matches!(result, Publish::Done(_) | Publish::Pending) {
             stats.unique_messages += 1;
         }
         result

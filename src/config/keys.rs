@@ -292,6 +292,20 @@ keys! {
         kind: Kind::Text,
         help: "Time stamp of log lines: human or unix",
     };
+    MAX_CACHED_BYTES = Key {
+        name: "MaxCachedBytes",
+        default: "67108864",
+        scope: Scope::Global,
+        kind: bytes(0, u64::MAX),
+        help: "Bytes all channels may hold for events (texts, rendered copies, 64 bytes per message and 16 per copy); the oldest events across channels are evicted first (0: no limit)",
+    };
+    MAX_CHANNELS = Key {
+        name: "MaxChannels",
+        default: "100000",
+        scope: Scope::Global,
+        kind: count(0, MAX_CONNECTIONS),
+        help: "Most channels at once; a publish that would create one more gets ERR (HTTP 507) (0: no limit)",
+    };
     MAX_CHANNEL_NAME_LENGTH = Key {
         name: "MaxChannelNameLength",
         default: "128",

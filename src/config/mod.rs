@@ -162,6 +162,10 @@ pub struct Config {
     pub max_messages_per_channel: usize,
     /// `MaxMessageAge` in seconds (at most `keys::MAX_SECONDS`); 0 is no limit.
     pub max_message_age: u64,
+    /// `MaxCachedBytes`: what all channels may hold; 0 is no limit.
+    pub max_cached_bytes: u64,
+    /// `MaxChannels`: channels at most; 0 is no limit.
+    pub max_channels: usize,
     pub controller_shutdown: Vec<u8>,
     /// `ControllerCommandTimeout` in seconds.
     pub controller_command_timeout: u64,
@@ -409,6 +413,8 @@ impl Config {
             dynamic_page_address,
             max_messages_per_channel,
             max_message_age: r.number(&MAX_MESSAGE_AGE, None)?,
+            max_cached_bytes: r.number(&MAX_CACHED_BYTES, None)?,
+            max_channels: r.size(&MAX_CHANNELS)?,
             controller_shutdown: r.text(&CONTROLLER_SHUTDOWN_MSG, None),
             controller_password,
             controller_idle_timeout: r.number(&CONTROLLER_IDLE_TIMEOUT, None)?,

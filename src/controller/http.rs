@@ -5,6 +5,7 @@
 
 use super::Context;
 use super::commands::same_secret;
+use crate::channel::PublishRefused;
 use crate::http::{self, HttpError, cors_lines};
 use crate::hub::Publish;
 use crate::template::Escape;
@@ -446,6 +447,13 @@ fn respond_now(
                 ctx.stats.errors_served += 1;
                 return Ok((unavailable(&cors, close), close));
             }
+            Published::Refused(refused) => {
+                ctx.stats.errors_served += 1;
+                let status = "507 Insufficient Storage";
+                let body = format!("{status}: {refused}\n");
+                let text = "text/plain; charset=utf-8";
+                return Ok((response(status, text, &body, &cors, close), close));
+            }
         },
         Endpoint::Channels => (json, channels(ctx)),
         Endpoint::Stats => (json, stats(ctx)),
@@ -465,6 +473,8 @@ enum Published {
     Later,
     /// The backend is not reachable.
     Unavailable,
+    /// Over a memory bound: 507.
+    Refused(PublishRefused),
 }
 
 fn publish(channel: &str, body: &[u8], ctx: &mut Context) -> Published {
@@ -478,6 +488,7 @@ fn publish(channel: &str, body: &[u8], ctx: &mut Context) -> Published {
         Publish::Done(id) => Published::Now(id),
         Publish::Pending => Published::Later,
         Publish::Unavailable => Published::Unavailable,
+        Publish::Refused(refused) => Published::Refused(refused),
     }
 }
 
@@ -511,13 +522,23 @@ fn stats(ctx: &Context) -> String {
     for (name, value) in s.counters().into_iter().chain(s.extra_counters()) {
         let _ = write!(out, ",\"{name}\":{value}");
     }
-    let _ = writeln!(
+    let _ = write!(
         out,
-        ",\"events_cached\":{},\"bytes_cached\":{},\"document_cache_bytes\":{}}}",
+        ",\"events_cached\":{},\"bytes_cached\":{},\"document_cache_bytes\":{}",
         ctx.hub.channels.cached_events(),
         ctx.hub.channels.cached_bytes(),
         crate::subscriber::documents::cache_bytes()
     );
+    // Memory bounds: gauges, then counters.
+    let channels = &ctx.hub.channels;
+    for (name, value) in channels
+        .memory_gauges()
+        .into_iter()
+        .chain(channels.memory_counters())
+    {
+        let _ = write!(out, ",\"{name}\":{value}");
+    }
+    out.push_str("}\n");
     out
 }
 
@@ -591,6 +612,16 @@ fn metrics(ctx: &Context) -> String {
         "Bytes held by channel caches and their rendered buffers.",
         &[("", ctx.hub.channels.cached_bytes())],
     );
+    // Memory bounds: gauges, then counters.
+    for (name, value) in ctx.hub.channels.memory_gauges() {
+        let help = format!("Memory bounds: {name}.");
+        metric(&mut out, name, "gauge", &help, &[("", value)]);
+    }
+    for (name, value) in ctx.hub.channels.memory_counters() {
+        let help = format!("Memory bounds: {name}.");
+        let name = format!("{name}_total");
+        metric(&mut out, &name, "counter", &help, &[("", value)]);
+    }
     out
 }
 

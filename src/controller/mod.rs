@@ -498,6 +498,10 @@ impl Controller {
                     }
                     Publish::Pending => self.awaiting.push_back(Awaiting::Line),
                     Publish::Unavailable => self.reply(ctx.stats, b"ERR Backend unavailable\r\n"),
+                    // MaxChannels or MaxCachedBytes: ERR <reason>.
+                    Publish::Refused(refused) => {
+                        self.reply(ctx.stats, format!("ERR {refused}\r\n").as_bytes())
+                    }
                 }
             }
             Some(Command::CountSubscribers { channel }) => {

@@ -37,10 +37,12 @@ pub fn receive(socket: &UdpSocket, ctx: &mut Context) -> Step {
             Some(Command::AddMessage { channel, text })
                 if channel.len() <= ctx.config.limits.channel_name_length =>
             {
-                if ctx.hub.publish(ctx.stats, None, channel, text, ctx.now_ms)
-                    == Publish::Unavailable
-                {
-                    info!("{peer}: UDP publish dropped: the backend is unavailable");
+                match ctx.hub.publish(ctx.stats, None, channel, text, ctx.now_ms) {
+                    Publish::Done(_) | Publish::Pending => {}
+                    Publish::Unavailable => {
+                        info!("{peer}: UDP publish dropped: the backend is unavailable")
+                    }
+                    Publish::Refused(refused) => info!("{peer}: UDP publish refused: {refused}"),
                 }
             }
             _ => info!("{peer}: ignored a UDP datagram that is not a valid ADDMESSAGE"),

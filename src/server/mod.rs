@@ -132,7 +132,12 @@ impl Server {
             );
             Cluster::new(settings, node, Instant::now())
         });
-        let channels = Channels::new(config.max_messages_per_channel, config.max_message_age);
+        let channels = Channels::with_bounds(
+            config.max_messages_per_channel,
+            config.max_message_age,
+            config.max_cached_bytes,
+            config.max_channels,
+        );
         Ok(Server {
             poll,
             conns,

@@ -121,6 +121,10 @@ impl Server {
             .hub
             .channels
             .set_limits(config.max_messages_per_channel, config.max_message_age);
+        self.world
+            .hub
+            .channels
+            .set_bounds(config.max_cached_bytes, config.max_channels);
         self.world.docs = Documents::from_config(&config);
         // Applies to new connections: those over a lowered limit stay.
         self.max_subscribers = max_subscribers(&config, self.fd_limit);
