@@ -21,8 +21,9 @@ use crate::conn::ConnId;
 use crate::deadline::Deadlines;
 use crate::template::{Placeholder, Template, Value};
 use slab::Slab;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::ops::Bound;
 use std::rc::Rc;
 
 /// Events a stream keeps for subscribers that are still writing them out,
@@ -131,6 +132,8 @@ pub struct Stream {
     marks: VecDeque<Mark>,
     /// Cursors reading this stream.
     readers: usize,
+    /// Where readers whose sockets are full stand (offset -> how many).
+    pins: BTreeMap<u64, u32>,
     /// Set (from `Channels::next_serial`) each time the last reader
     /// leaves, telling a current entry of `Channels::idle` from an outdated one.
     idle_gen: u64,
@@ -171,6 +174,7 @@ impl Stream {
             base: 0,
             marks: VecDeque::new(),
             readers: 0,
+            pins: BTreeMap::new(),
             idle_gen: 0,
         }
     }
@@ -216,6 +220,16 @@ impl Stream {
             self.marks.pop_back();
             self.buf
                 .truncate(self.start + (mark.offset - self.base) as usize);
+        }
+    }
+
+    /// Forgets one reader's pin at `pos`.
+    fn unpin(&mut self, pos: u64) {
+        if let Some(count) = self.pins.get_mut(&pos) {
+            *count -= 1;
+            if *count == 0 {
+                self.pins.remove(&pos);
+            }
         }
     }
 
@@ -330,6 +344,25 @@ pub struct Cursor {
     pub end: u64,
 }
 
+/// A connection reading a channel.
+#[derive(Debug)]
+struct Reader {
+    id: ConnId,
+    /// The stream it reads (`Cursor::stream`).
+    stream: usize,
+    /// Where its socket filled up, while it does: the stream keeps what it
+    /// has not received (at most `MAX_PINNED_LAG` bytes behind the head),
+    /// so a reader that keeps up is not dropped because a publisher was
+    /// fast for a moment.
+    pin: Option<u64>,
+}
+
+/// How far a reader whose socket is full may fall behind the newest event
+/// before the stream stops keeping its events for it (it is then dropped as
+/// a slow consumer once they are trimmed). Redis's `client-output-buffer-
+/// limit` for pub/sub plays the same part.
+pub const MAX_PINNED_LAG: u64 = 8 * 1024 * 1024;
+
 /// One named channel.
 #[derive(Debug)]
 pub struct Channel {
@@ -340,7 +373,7 @@ pub struct Channel {
     /// By index (`Cursor::stream`): stable while the stream has readers.
     streams: Slab<Stream>,
     /// Everyone reading this channel.
-    subscribers: Slab<ConnId>,
+    subscribers: Slab<Reader>,
     /// Persistent subscribers, the ones `COUNTSUBSCRIBERS` reports.
     pub persistent: usize,
     /// Queued in `Channels::dirty` for the next flush.
@@ -413,7 +446,7 @@ impl Channel {
 
     /// Every connection reading this channel.
     pub fn subscribers(&self) -> impl Iterator<Item = ConnId> + '_ {
-        self.subscribers.iter().map(|(_, &id)| id)
+        self.subscribers.iter().map(|(_, r)| r.id)
     }
 
     fn usage(&self) -> Usage {
@@ -463,7 +496,16 @@ impl Channel {
                     .checked_sub(STREAM_FLOOR_EVENTS)
                     .and_then(|i| stream.marks.get(i))
                     .map_or(0, |m| m.id);
-                below = below.min(floor).max(evicted);
+                // Readers whose sockets are full keep what they have yet
+                // to receive, within `MAX_PINNED_LAG`.
+                let oldest_kept = stream.head().saturating_sub(MAX_PINNED_LAG);
+                let pinned = stream
+                    .pins
+                    .range(oldest_kept..)
+                    .next()
+                    .and_then(|(&pin, _)| stream.id_at(pin))
+                    .unwrap_or(u64::MAX);
+                below = below.min(floor).min(pinned).max(evicted);
                 if let Some(newest) = stream.marks.back() {
                     below = below.min(newest.id);
                 }
@@ -499,7 +541,8 @@ struct Idle {
 #[derive(Debug)]
 pub struct Channels {
     slab: Slab<Box<Channel>>,
-    by_name: HashMap<Box<[u8]>, usize>,
+    /// Channel keys by name, in name order (`LISTCHANNELS` resumes from a name).
+    by_name: BTreeMap<Box<[u8]>, usize>,
     last_id: u64,
     /// When each channel's oldest message expires (unix ms), by channel key.
     expiries: Deadlines<u64, usize>,
@@ -551,7 +594,7 @@ impl Channels {
     ) -> Channels {
         Channels {
             slab: Slab::new(),
-            by_name: HashMap::new(),
+            by_name: BTreeMap::new(),
             last_id: 0,
             expiries: Deadlines::default(),
             dirty: Vec::new(),
@@ -962,9 +1005,6 @@ impl Channels {
             let channel = self.slab.remove(key);
             self.settle(key, before);
             self.by_name.remove(&channel.name);
-            if self.by_name.capacity() > 1024 && self.by_name.capacity() / 4 > self.by_name.len() {
-                self.by_name.shrink_to(self.by_name.len() * 2);
-            }
             self.expiries.set(key, channel.expires_ms, None);
         }
     }
@@ -1004,7 +1044,11 @@ impl Channels {
             }
         };
         channel.streams[stream].readers += 1;
-        let slot = channel.subscribers.insert(reader);
+        let slot = channel.subscribers.insert(Reader {
+            id: reader,
+            stream,
+            pin: None,
+        });
         if persistent {
             channel.persistent += 1;
         }
@@ -1035,6 +1079,32 @@ impl Channels {
         }
     }
 
+    /// Pins (a reader's socket is full: keep what it has not received) or
+    /// unpins a reader at its cursor.
+    pub fn pin(&mut self, cursor: &Cursor, pinned: bool) {
+        let key = cursor.channel;
+        let before = self.usage_of(key);
+        let Some(channel) = self.slab.get_mut(key) else {
+            return;
+        };
+        if let (Some(reader), Some(stream)) = (
+            channel.subscribers.get_mut(cursor.slot),
+            channel.streams.get_mut(cursor.stream),
+        ) {
+            if let Some(old) = reader.pin.take() {
+                stream.unpin(old);
+            }
+            if pinned {
+                *stream.pins.entry(cursor.pos).or_default() += 1;
+                reader.pin = Some(cursor.pos);
+            }
+        }
+        if !pinned {
+            channel.trim_streams();
+            self.settle(key, before);
+        }
+    }
+
     /// The slow-consumer policy, in one place: a reader has lost events
     /// once its cursor is behind what its channel's stream still holds
     /// (spec B3). Such a reader is dropped, never sent a gap.
@@ -1051,8 +1121,12 @@ impl Channels {
         let key = cursor.channel;
         let before = self.usage_of(key);
         if let Some(channel) = self.slab.get_mut(key)
-            && channel.subscribers.try_remove(cursor.slot).is_some()
+            && let Some(reader) = channel.subscribers.try_remove(cursor.slot)
         {
+            if let (Some(pin), Some(stream)) = (reader.pin, channel.streams.get_mut(reader.stream))
+            {
+                stream.unpin(pin);
+            }
             if persistent {
                 channel.persistent -= 1;
             }
@@ -1149,10 +1223,20 @@ impl Channels {
     }
 
     /// Channels sorted by name, for `LISTCHANNELS`.
-    pub fn sorted(&self) -> Vec<&Channel> {
-        let mut list: Vec<&Channel> = self.slab.iter().map(|(_, c)| &**c).collect();
-        list.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        list
+    pub fn sorted(&self) -> impl Iterator<Item = &Channel> {
+        self.after(None)
+    }
+
+    /// Channels in name order, starting after `name` (from the first when
+    /// None): a long listing is written a part at a time.
+    pub fn after(&self, name: Option<&[u8]>) -> impl Iterator<Item = &Channel> {
+        let from = match name {
+            Some(name) => Bound::Excluded(name),
+            None => Bound::Unbounded,
+        };
+        self.by_name
+            .range::<[u8], _>((from, Bound::Unbounded))
+            .filter_map(|(_, &key)| self.get(key))
     }
 }
 

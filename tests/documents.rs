@@ -218,18 +218,6 @@ fn document_record_is_logged() {
 // Memory bound and containment
 // ---------------------------------------------------------------------------
 
-/// The server's resident set in KiB, from /proc/<pid>/status.
-fn rss_kib(s: &Server) -> u64 {
-    let path = format!("/proc/{}/status", s.pid());
-    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in {path}:\n{status}"))
-}
-
 /// A number from the controller port's `GET /stats` JSON.
 fn http_stat(s: &Server, key: &str) -> Option<u64> {
     let mut c = Conn::connect(s.ctl_addr);
@@ -278,7 +266,7 @@ fn aliases_of_one_file_take_one_cache_entry() {
     let large = pattern(4 * MIB, 2);
     s.write_doc("d/small.js", &small);
     s.write_doc("d/large.js", &large);
-    let before = rss_kib(&s);
+    let before = rss_kib(s.pid());
     let mut aliases = Vec::new();
     for i in 0..100 {
         let path = match i % 5 {
@@ -304,7 +292,7 @@ fn aliases_of_one_file_take_one_cache_entry() {
             &large,
         );
     }
-    let after = rss_kib(&s);
+    let after = rss_kib(s.pid());
     let cached = http_stat(&s, "document_cache_bytes");
     eprintln!(
         "alias attack: 100 aliases each of 1 MiB and 4 MiB: RSS {before} KiB -> {after} KiB, \
@@ -327,7 +315,7 @@ fn a_file_larger_than_the_cache_is_streamed_byte_for_byte() {
     // Over the default 16 MiB bound (and over the old 16 MiB refusal).
     let body = pattern(40 * MIB + 12345, 3);
     s.write_doc("huge.bin", &body);
-    let before = rss_kib(&s);
+    let before = rss_kib(s.pid());
     let clients: Vec<_> = (0..3)
         .map(|_| {
             let mut c = s.http_get("/huge.bin");
@@ -349,7 +337,7 @@ fn a_file_larger_than_the_cache_is_streamed_byte_for_byte() {
             body.len()
         );
     }
-    let after = rss_kib(&s);
+    let after = rss_kib(s.pid());
     eprintln!("40 MiB file to 3 clients at once: RSS {before} KiB -> {after} KiB");
     assert!(
         after.saturating_sub(before) < 8 * 1024,

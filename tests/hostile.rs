@@ -144,16 +144,6 @@ fn clock_ticks_per_second() -> u64 {
     if hz > 0 { hz as u64 } else { 100 }
 }
 
-/// Resident memory of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 /// Closing this socket sends a reset instead of a FIN.
 fn set_linger_zero(stream: &TcpStream) {
     let l = libc::linger {
@@ -1096,8 +1086,9 @@ fn never_reading_subscriber_is_dropped(extra: &[&str]) {
 fn subscriber_that_reads_too_slowly_is_dropped_and_never_sees_a_gap() {
     let _heavy = heavy();
     let (s, mut ctl) = start_with(&["-MaxMessagesPerChannel", "500"]);
+    // 20 MB: more than the kernel's buffers and `MAX_PINNED_LAG` together.
     let n = 5000;
-    let size = 2048;
+    let size = 4096;
     let good = reader(s.subscribe("/push/good/stream/flood", HDR_OK), n);
     let mut slow = connect_small_rcvbuf(s.sub_addr, 1024);
     slow.send(get_request("/push/slow/stream/flood").as_bytes());
@@ -1557,4 +1548,109 @@ fn controller_connections_have_time_limits() {
     // Silent for longer than the idle limit: closed, without a word.
     publisher.conn.expect_eof();
     assert_eq!(s.ctl().list(), "OK\r\nch(3/0)\r\n--EOT--\r\n");
+}
+
+/// A controller that pipelines long answers and never reads gets no more
+/// than the output bound buffered for it, and does not hold up the others;
+/// once it reads, every answer arrives whole and in order.
+#[test]
+fn a_controller_that_never_reads_has_bounded_output() {
+    let (s, mut c) = start_with(&[]);
+    // 20,000 channels: each listing is about 360 KB.
+    let mut publish = String::new();
+    for i in 0..20_000 {
+        publish.push_str(&format!("ADDMESSAGE channel-number-{i:05} x\n"));
+    }
+    let mut p = s.ctl();
+    p.send(&publish);
+    for i in 0..20_000u64 {
+        assert_eq!(p.read_reply_line(), format!("OK\t{}", i + 1));
+    }
+    let rss0 = rss_kib(s.pid());
+    // 32 listings, about 11.5 MB, to a client with a small receive buffer
+    // that does not read.
+    let mut hog = connect_small_rcvbuf(s.ctl_addr, 4096);
+    hog.send("LISTCHANNELS\n".repeat(32).as_bytes());
+    // The others are served meanwhile (without changing the listing).
+    for _ in 0..20 {
+        assert_eq!(c.command("COUNTSUBSCRIBERS channel-number-00001"), "OK 0");
+    }
+    let grew = rss_kib(s.pid()).saturating_sub(rss0);
+    assert!(
+        grew < 6 * 1024,
+        "RSS grew by {grew} KiB for a client that does not read"
+    );
+    // Now it reads: 32 whole listings, in order.
+    let mut expected = String::from("OK\r\n");
+    for i in 0..20_000 {
+        expected.push_str(&format!("channel-number-{i:05}(1/0)\r\n"));
+    }
+    expected.push_str("--EOT--\r\n");
+    let want = expected.repeat(32);
+    let got = hog
+        .read_exact_n(want.len(), Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("reading the listings: {e}"));
+    assert!(got == want.as_bytes(), "the listings differ");
+    assert_serves(&s, &mut c);
+}
+
+/// A publisher that pipelines thousands of events without waiting for its
+/// `OK`s does not make readers that keep up lose events: each of five
+/// streaming readers (two with small receive buffers, whose sockets fill up
+/// now and then, one of which pauses for 300 ms) gets
+/// every event, in order, and none is dropped.
+#[test]
+fn a_pipelining_publisher_does_not_outrun_readers_that_keep_up() {
+    let (s, mut c) = start_with(&[]);
+    const EVENTS: usize = 5_000;
+    let text = "e".repeat(1000);
+    let mut readers = Vec::new();
+    for r in 0..5 {
+        // Two of them with small receive buffers: their sockets fill up
+        // now and then although they read all the time.
+        let path = format!("/push/reader{r}/stream/flood");
+        let mut sub = if r < 2 {
+            let mut sub = connect_small_rcvbuf(s.sub_addr, 8192);
+            sub.send(get_request(&path).as_bytes());
+            sub.expect(HDR_OK.as_bytes());
+            sub
+        } else {
+            s.subscribe(&path, HDR_OK)
+        };
+        let text = text.clone();
+        readers.push(thread::spawn(move || {
+            for id in 1..=EVENTS {
+                // One of them pauses now and then, as a busy browser does.
+                if r == 1 && id == 500 {
+                    thread::sleep(Duration::from_millis(300));
+                }
+                let want = format!("{id}:flood:{text}\n");
+                let got = sub
+                    .read_exact_n(want.len(), Duration::from_secs(20))
+                    .unwrap_or_else(|e| panic!("reader {r}, event {id}: {e}"));
+                assert!(
+                    got == want.as_bytes(),
+                    "reader {r}, event {id}: {:?}",
+                    show(&got)
+                );
+            }
+        }));
+    }
+    let mut p = s.ctl();
+    let mut burst = String::new();
+    for _ in 0..EVENTS {
+        burst.push_str(&format!("ADDMESSAGE flood {text}\n"));
+    }
+    p.send(&burst);
+    for id in 1..=EVENTS {
+        assert_eq!(p.read_reply_line(), format!("OK\t{id}"));
+    }
+    let lost = readers.into_iter().filter_map(|r| r.join().err()).count();
+    let logs = s.logs();
+    let drops: Vec<&String> = logs
+        .iter()
+        .filter(|l| l.contains("subscriber") || l.contains("DEBUG"))
+        .collect();
+    assert_eq!(lost, 0, "readers lost events; the server said: {drops:#?}");
+    assert_serves(&s, &mut c);
 }

@@ -47,15 +47,6 @@ fn stat(s: &Server, key: &str) -> u64 {
     json_u64(&get(s, "/stats"), key)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 /// Sends `commands` (one line each) in one write and returns the reply
 /// lines, without their line ends.
 fn pipeline(ctl: &mut Controller, commands: &[Vec<u8>]) -> Vec<String> {

@@ -494,7 +494,7 @@ fn publish(channel: &str, body: &[u8], ctx: &mut Context) -> Published {
 
 fn channels(ctx: &Context) -> String {
     let mut out = String::from("{\"channels\":[");
-    for (i, channel) in ctx.hub.channels.sorted().into_iter().enumerate() {
+    for (i, channel) in ctx.hub.channels.sorted().enumerate() {
         if i > 0 {
             out.push(',');
         }

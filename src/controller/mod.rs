@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 
 /// Stop reading commands while this many reply bytes wait for the peer.
 const OUT_HIGH_WATER: usize = 1024 * 1024;
+/// How much of a `LISTCHANNELS` answer is written at a time: a long
+/// listing goes out a part per turn as the peer reads, never whole.
+const LIST_CHUNK: usize = 64 * 1024;
 
 /// Where a controller is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +66,17 @@ pub struct Controller {
     last_command: Instant,
     /// When the first byte of the incomplete command in `partial` came.
     partial_since: Option<Instant>,
+    /// A `LISTCHANNELS` answer being written a part at a time; commands
+    /// behind it wait, so that replies keep their order.
+    listing: Option<Listing>,
     /// `100 Continue` was sent for the HTTP request being read.
     continued: bool,
+}
+
+/// Where a `LISTCHANNELS` answer goes on.
+struct Listing {
+    /// The last channel name written (None: none yet).
+    after: Option<Box<[u8]>>,
 }
 
 /// A reply owed once the hub has answered a publish.
@@ -119,6 +131,7 @@ impl Controller {
             continued: false,
             last_command: now,
             partial_since: None,
+            listing: None,
         }
     }
 
@@ -213,6 +226,26 @@ impl Controller {
         }
     }
 
+    /// Whether answers are left to write that wait only for room in the
+    /// reply backlog: the rest of a listing, or (line protocol) complete
+    /// commands held back behind a full backlog.
+    fn has_work(&self) -> bool {
+        self.listing.is_some()
+            || (self.phase != Phase::Http
+                && self.awaiting.is_empty()
+                && memchr::memchr(b'\n', &self.partial).is_some())
+    }
+
+    /// Flushes, then waits for the socket, or (everything written and more
+    /// to answer, when no writable event will come) yields to come back.
+    fn wait_or_yield(&mut self, stats: &mut Stats) -> Step {
+        match self.flush(stats) {
+            Err(reason) => Step::Close(reason),
+            Ok(()) if self.backlog() == 0 && self.has_work() => Step::Yield,
+            Ok(()) => Step::Wait,
+        }
+    }
+
     fn reading(&self) -> bool {
         matches!(self.phase, Phase::Open | Phase::Locked | Phase::Http)
     }
@@ -254,12 +287,12 @@ impl Controller {
                 };
             }
             if self.peer_done {
-                if self.awaiting.is_empty() {
+                if self.awaiting.is_empty() && !self.has_work() {
                     // A half-closed publisher (nc -N) got all its replies.
                     self.phase = Phase::Closing(Reason::RemoteClosed);
                     continue;
                 }
-                return Step::Wait;
+                return self.wait_or_yield(ctx.stats);
             }
             if !self.awaiting.is_empty() && self.partial.len() > self.input_cap(ctx.config) {
                 // Waiting for the hub to answer before taking more input.
@@ -271,12 +304,7 @@ impl Controller {
                     self.partial_since.get_or_insert(ctx.now);
                     self.partial.extend_from_slice(&ctx.scratch[..n]);
                 }
-                Io::WouldBlock => {
-                    return match self.flush(ctx.stats) {
-                        Err(reason) => Step::Close(reason),
-                        Ok(()) => Step::Wait,
-                    };
-                }
+                Io::WouldBlock => return self.wait_or_yield(ctx.stats),
                 Io::Closed => self.peer_done = true,
                 Io::Failed(e) => return Step::Close(Reason::Error(e.kind())),
             }
@@ -288,12 +316,24 @@ impl Controller {
     /// publish awaits Redis only further publishes go ahead, so replies keep
     /// the order of the requests.
     fn process(&mut self, ctx: &mut Context) {
+        if self.listing.is_some() {
+            self.list_more(ctx);
+            if self.listing.is_some() {
+                return;
+            }
+        }
         if self.phase == Phase::Http {
             return self.take_http(ctx);
         }
         let mut input = std::mem::take(&mut self.partial);
         let mut used = 0;
-        while self.reading() && ctx.commands_left > 0 {
+        // Output is bounded where it is appended: no command runs while
+        // a reply backlog is over the high-water mark or a listing is on.
+        while self.reading()
+            && ctx.commands_left > 0
+            && self.listing.is_none()
+            && self.backlog() <= OUT_HIGH_WATER
+        {
             let Some(nl) = memchr::memchr(b'\n', &input[used..]) else {
                 break;
             };
@@ -370,7 +410,11 @@ impl Controller {
         let limits = &ctx.config.limits;
         let (head_bytes, header_lines) = (limits.head_bytes, limits.header_lines);
         let max_body = limits.controller_line_bytes;
-        while self.phase == Phase::Http && self.awaiting.is_empty() && ctx.commands_left > 0 {
+        while self.phase == Phase::Http
+            && self.awaiting.is_empty()
+            && ctx.commands_left > 0
+            && self.backlog() <= OUT_HIGH_WATER
+        {
             let Some(head_len) = head_end(&self.partial) else {
                 if self.partial.len() > head_bytes {
                     self.fail_http(http::error_response(HttpError::HeadTooLarge), ctx);
@@ -446,6 +490,39 @@ impl Controller {
         self.out.extend_from_slice(bytes);
     }
 
+    /// Appends the next part of a `LISTCHANNELS` answer, and its end once
+    /// every channel is listed. Channels created or removed meanwhile are
+    /// listed or not depending on their name's place.
+    fn list_more(&mut self, ctx: &Context) {
+        let Some(listing) = &mut self.listing else {
+            return;
+        };
+        let after = listing.after.take();
+        let start = self.out.len();
+        let mut last = None;
+        let mut more = false;
+        for channel in ctx.hub.channels.after(after.as_deref()) {
+            if self.out.len() - start >= LIST_CHUNK {
+                more = true;
+                break;
+            }
+            self.out.extend_from_slice(&channel.name);
+            let _ = write!(
+                self.out,
+                "({}/{})\r\n",
+                channel.message_count(),
+                channel.persistent
+            );
+            last = Some(&*channel.name);
+        }
+        if more {
+            listing.after = last.map(Box::from);
+        } else {
+            self.out.extend_from_slice(b"--EOT--\r\n");
+            self.listing = None;
+        }
+    }
+
     /// Executes one line and queues its reply.
     fn answer(&mut self, line: &[u8], ctx: &mut Context) {
         if line.len() > ctx.config.limits.controller_line_bytes {
@@ -510,16 +587,8 @@ impl Controller {
             }
             Some(Command::ListChannels) => {
                 self.out.extend_from_slice(b"OK\r\n");
-                for channel in channels.sorted() {
-                    self.out.extend_from_slice(&channel.name);
-                    let _ = write!(
-                        self.out,
-                        "({}/{})\r\n",
-                        channel.message_count(),
-                        channel.persistent
-                    );
-                }
-                self.out.extend_from_slice(b"--EOT--\r\n");
+                self.listing = Some(Listing { after: None });
+                self.list_more(ctx);
             }
             Some(Command::ShowStats) => {
                 let stats = &*ctx.stats;

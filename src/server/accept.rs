@@ -116,7 +116,7 @@ impl Server {
                 Err(e) => debug!("accept failed: {e}"),
             }
         }
-        self.pending.push(id);
+        self.after(id, Step::Yield);
     }
 
     fn admit_subscriber(&mut self, socket: TcpStream, peer: SocketAddr) {

@@ -56,6 +56,9 @@ impl Conn {
 pub struct Slot {
     pub id: ConnId,
     pub timer: Option<Instant>,
+    /// On the loop's pending list: it yielded with work left and is driven
+    /// once, before the next poll; until then readiness adds nothing.
+    pub pending: bool,
     pub conn: Conn,
 }
 
@@ -83,6 +86,7 @@ impl Conns {
         let slot = entry.insert(Slot {
             id,
             timer: None,
+            pending: false,
             conn,
         });
         if let Err(e) = registry.register(slot.conn.source(), Token(id.slot()), interest) {

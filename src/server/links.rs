@@ -5,7 +5,7 @@ use super::Server;
 use super::conns::Conn;
 use crate::cluster::Received;
 use crate::cluster::link::{Link, LinkError, Role};
-use crate::conn::{ConnId, Reason};
+use crate::conn::{ConnId, Reason, Step};
 use mio::Interest;
 use mio::net::TcpStream;
 use std::time::Instant;
@@ -72,7 +72,7 @@ impl Server {
             .receive(link, &mut self.world.scratch)
             .and_then(|received| hub.send(link).map(|()| received));
         match result {
-            Ok(Received::More) => self.pending.push(id),
+            Ok(Received::More) => self.after(id, Step::Yield),
             Ok(Received::All) => {}
             Err(e) => self.links_down(&e),
         }

@@ -242,6 +242,10 @@ impl Server {
         let Some(slot) = self.conns.get(id) else {
             return;
         };
+        if slot.pending {
+            // It gets its turn from the pending list: one budget a turn.
+            return;
+        }
         let world = &mut self.world;
         let step = match &mut slot.conn {
             Conn::Listener(..) => return self.accept(id),
@@ -261,15 +265,17 @@ impl Server {
     /// Acts on what a connection's module answered, and keeps the timer
     /// index in step with the connection's deadline.
     fn after(&mut self, id: ConnId, step: Step) {
-        match step {
-            Step::Wait => {}
-            Step::Yield => self.pending.push(id),
-            Step::Close(reason) => return self.close(id, reason),
+        if let Step::Close(reason) = step {
+            return self.close(id, reason);
         }
         let config = &self.world.config;
         let Some(slot) = self.conns.get(id) else {
             return;
         };
+        if step == Step::Yield && !slot.pending {
+            slot.pending = true;
+            self.pending.push(id);
+        }
         let wanted = match &slot.conn {
             Conn::Subscriber(s) => s.deadline(config.limits.write_timeout),
             Conn::Controller(c) => c.deadline(config),
@@ -297,7 +303,10 @@ impl Server {
     /// to the subscribers of every channel published to since.
     fn flush(&mut self) {
         for id in std::mem::take(&mut self.pending) {
-            self.drive(id, true, false);
+            if let Some(slot) = self.conns.get(id) {
+                slot.pending = false;
+                self.drive(id, true, false);
+            }
         }
         let mut dirty = Vec::new();
         self.world.hub.channels.take_dirty(&mut dirty);

@@ -232,7 +232,9 @@ impl Subscriber {
                     Some(Some(reason)) => return Progress::Step(Step::Close(reason)),
                     _ => {}
                 }
-                s.write(&mut self.socket, &ctx.hub.channels, stats, ctx.now)
+                let step = s.write(&mut self.socket, &ctx.hub.channels, stats, ctx.now);
+                s.pin(&mut ctx.hub.channels);
+                step
             }
         };
         Progress::Step(step)
@@ -563,6 +565,7 @@ impl Subscriber {
             out_pos: 0,
             started: ctx.now,
             blocked_since: None,
+            pinned: false,
             limit,
             events: 0,
             bytes: 0,

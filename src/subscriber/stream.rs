@@ -31,6 +31,8 @@ pub struct Streaming {
     pub ends_at: Option<Instant>,
     /// Set while the socket would block with bytes still to send.
     pub blocked_since: Option<Instant>,
+    /// Whether its cursors are pinned in their channels (see `Channels::pin`).
+    pub pinned: bool,
     /// Close after this many events (0: never): `MaxMessages`, raised to
     /// the backlog's size since a backlog is always sent whole.
     pub limit: u64,
@@ -73,6 +75,18 @@ impl Streaming {
         }
         if self.mode.persist && hosts.get(&self.hostid) == Some(&id) {
             hosts.remove(&self.hostid);
+        }
+    }
+
+    /// Pins its cursors while its socket is full, so that the channels keep
+    /// what it has yet to receive; unpins them once it writes freely.
+    pub fn pin(&mut self, channels: &mut Channels) {
+        let blocked = self.blocked_since.is_some();
+        if blocked || self.pinned {
+            for cursor in &self.cursors {
+                channels.pin(cursor, blocked);
+            }
+            self.pinned = blocked;
         }
     }
 

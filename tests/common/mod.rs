@@ -965,6 +965,17 @@ impl Controller {
     }
 }
 
+/// Resident memory of a process in KiB (`VmRSS` of /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {path}:\n{status}"))
+}
+
 pub fn parse_ok_id(r: &str) -> u64 {
     let id = r
         .strip_prefix("OK\t")
