@@ -457,3 +457,34 @@ fn follow_symlinks_serves_links_that_leave_the_root() {
     assert_doc(&s, "/outdir", "text/html", b"outside index", "/outdir");
     assert_doc(&s, "/in.txt", "text/plain", b"inside", "/in.txt");
 }
+
+/// A reply's deadline moves with its progress: a large document read
+/// slowly but steadily, for much longer than `WriteTimeout`, arrives whole.
+#[test]
+fn a_slow_but_steady_download_is_not_cut_off() {
+    let s = Server::start_test(&["-WriteTimeout", "2"]);
+    let body = pattern(8 * 1024 * 1024, 7);
+    s.write_doc("big.bin", &body);
+    let mut c = connect_small_rcvbuf(s.sub_addr, 16 * 1024);
+    c.send(get_request("/big.bin").as_bytes());
+    let head = c
+        .read_until(b"\r\n\r\n", WAIT)
+        .unwrap_or_else(|e| panic!("no head: {e}"));
+    assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"), "{}", show(&head));
+    let started = std::time::Instant::now();
+    let mut got = Vec::with_capacity(body.len());
+    // About 1.3 MB/s, some 6 s in all: never stalled for WriteTimeout.
+    while got.len() < body.len() {
+        let n = (body.len() - got.len()).min(64 * 1024);
+        let chunk = c
+            .read_exact_n(n, WAIT)
+            .unwrap_or_else(|e| panic!("cut off after {} bytes: {e}", got.len()));
+        got.extend(chunk);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "not slow enough to test anything"
+    );
+    assert!(got == body, "the body differs");
+}

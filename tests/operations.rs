@@ -814,6 +814,36 @@ fn sighup_new_template_for_new_subscribers_old_ones_keep_streaming() {
     old.expect_silence(Duration::from_millis(100));
 }
 
+/// `MaxSubscribers` from a reloaded file applies to new connections: the
+/// subscribers already connected stay, new ones over the new limit get 503.
+#[test]
+fn sighup_applies_max_subscribers_to_new_connections() {
+    let conf = format!("MaxSubscribers 3\n{}", conf_tagged("OLD"));
+    let s = Server::start(&[], &conf);
+    let mut ctl = s.ctl();
+    let mut a = s.subscribe("/push/h1/stream/a", "OLD 200 OK\n");
+    let mut b = s.subscribe("/push/h2/stream/a", "OLD 200 OK\n");
+    std::fs::write(
+        &s.conf_path,
+        format!("MaxSubscribers 1\n{}", conf_tagged("OLD")),
+    )
+    .unwrap();
+    s.signal("HUP");
+    let line = wait_log_or_panic(&s, "'SIGHUP: configuration reloaded'", |l| {
+        l.contains("SIGHUP: configuration reloaded")
+    });
+    assert!(line.contains("up to 1 subscribers"), "{line}");
+    let mut refused = s.http_get("/push/h3/stream/a");
+    assert_eq!(
+        show(&refused.read_to_end(WAIT)),
+        show(default_header("503 Service Unavailable").as_bytes())
+    );
+    // The two connected before the reload keep streaming.
+    assert_eq!(ctl.add("a", "one"), 1);
+    a.expect_str("OLD:1:a:one\n");
+    b.expect_str("OLD:1:a:one\n");
+}
+
 #[test]
 fn sighup_with_a_broken_file_keeps_the_running_configuration() {
     let s = Server::start(&[], &conf_tagged("OLD"));
