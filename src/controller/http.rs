@@ -527,7 +527,7 @@ fn stats(ctx: &Context) -> String {
         ",\"events_cached\":{},\"bytes_cached\":{},\"document_cache_bytes\":{}",
         ctx.hub.channels.cached_events(),
         ctx.hub.channels.cached_bytes(),
-        crate::subscriber::documents::cache_bytes()
+        ctx.document_cache_bytes
     );
     // Memory bounds: gauges, then counters.
     let channels = &ctx.hub.channels;

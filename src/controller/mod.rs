@@ -106,6 +106,8 @@ pub struct Context<'a> {
     pub now: Instant,
     /// Wrong passwords by address.
     pub auth: &'a mut AuthFailures,
+    /// What the document cache holds, for `/stats`.
+    pub document_cache_bytes: usize,
 }
 
 impl Context<'_> {

@@ -71,6 +71,7 @@ impl World {
             now_ms: unix_ms(),
             now: Instant::now(),
             auth: &mut self.auth,
+            document_cache_bytes: self.docs.used(),
         }
     }
 }

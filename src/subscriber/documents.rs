@@ -28,7 +28,6 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// `DocumentCacheBytes` when the configuration does not say.
 pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -46,14 +45,6 @@ const MAX_LINKS: usize = 40;
 /// a large file is answered 503 instead of eating the reserve that log
 /// files and Redis links need.
 pub const MAX_STREAMED_FILES: usize = 32;
-
-/// Bytes held by every document cache of the process (for `/stats`).
-static CACHE_BYTES: AtomicUsize = AtomicUsize::new(0);
-
-/// Bytes the document cache holds now: responses plus bookkeeping.
-pub fn cache_bytes() -> usize {
-    CACHE_BYTES.load(Ordering::Relaxed)
-}
 
 /// A response to send: complete bytes, or a head followed by a file
 /// streamed from disk.
@@ -367,11 +358,8 @@ impl Documents {
     fn charge(&mut self, delta: isize) {
         if delta >= 0 {
             self.used += delta as usize;
-            CACHE_BYTES.fetch_add(delta as usize, Ordering::Relaxed);
         } else {
-            let d = delta.unsigned_abs().min(self.used);
-            self.used -= d;
-            CACHE_BYTES.fetch_sub(d, Ordering::Relaxed);
+            self.used -= delta.unsigned_abs().min(self.used);
         }
     }
 
@@ -532,12 +520,6 @@ impl Documents {
             found: true,
             status: 200,
         }
-    }
-}
-
-impl Drop for Documents {
-    fn drop(&mut self) {
-        CACHE_BYTES.fetch_sub(self.used.min(cache_bytes()), Ordering::Relaxed);
     }
 }
 
