@@ -49,6 +49,9 @@ pub enum Reason {
     HeadTimeout,
     /// A controller sent nothing for `ControllerIdleTimeout`.
     IdleTimeout,
+    /// A controller did not complete a command (or `AUTH`) within
+    /// `ControllerCommandTimeout`.
+    CommandTimeout,
     BadRequest,
     NotFound,
     TooManyConnections,
@@ -74,6 +77,7 @@ impl Reason {
             Reason::WriteTimeout => "writeTimeout",
             Reason::HeadTimeout => "headTimeout",
             Reason::IdleTimeout => "idleTimeout",
+            Reason::CommandTimeout => "commandTimeout",
             Reason::BadRequest => "badRequest",
             Reason::NotFound => "notFound",
             Reason::TooManyConnections => "tooManyConnections",

@@ -64,6 +64,8 @@ pub struct Controller {
     peer_done: bool,
     /// When it last completed a command or request (or connected).
     last_command: Instant,
+    /// When it connected.
+    connected: Instant,
     /// When the first byte of the incomplete command in `partial` came.
     partial_since: Option<Instant>,
     /// A `LISTCHANNELS` answer being written a part at a time; commands
@@ -132,6 +134,7 @@ impl Controller {
             peer_done: false,
             continued: false,
             last_command: now,
+            connected: now,
             partial_since: None,
             listing: None,
         }
@@ -148,7 +151,12 @@ impl Controller {
             return None;
         }
         if self.owes_a_command() {
-            let since = self.partial_since.unwrap_or(self.last_command);
+            // Commands refused before `AUTH` do not count: the password
+            // must come within the limit of connecting.
+            let since = match self.phase {
+                Phase::Locked => self.connected,
+                _ => self.partial_since.unwrap_or(self.last_command),
+            };
             return Some(since + Duration::from_secs(config.controller_command_timeout));
         }
         match config.controller_idle_timeout {
@@ -174,7 +182,7 @@ impl Controller {
             return Step::Close(Reason::IdleTimeout);
         }
         info!(
-            "{}: controller did not complete a command within HeadTimeout",
+            "{}: controller did not complete a command within ControllerCommandTimeout",
             self.peer
         );
         if self.phase == Phase::Http {
@@ -185,7 +193,7 @@ impl Controller {
             self.reply(ctx.stats, b"ERR Timeout\r\n");
         }
         self.partial = Vec::new();
-        self.phase = Phase::Closing(Reason::HeadTimeout);
+        self.phase = Phase::Closing(Reason::CommandTimeout);
         self.ready(ctx)
     }
 
