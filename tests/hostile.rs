@@ -1654,3 +1654,24 @@ fn a_pipelining_publisher_does_not_outrun_readers_that_keep_up() {
     assert_eq!(lost, 0, "readers lost events; the server said: {drops:#?}");
     assert_serves(&s, &mut c);
 }
+
+/// With a password, the `AUTH` must come within `ControllerCommandTimeout`
+/// of connecting: commands refused before it do not keep the slot.
+#[test]
+fn a_controller_that_never_authenticates_is_cut_off() {
+    let (s, _) = start_with(&["-ControllerPassword", PW, "-ControllerCommandTimeout", "1"]);
+    let mut w = s.ctl();
+    let started = Instant::now();
+    let mut answers = String::new();
+    while started.elapsed() < Duration::from_secs(5) {
+        w.send("LISTCHANNELS\n");
+        let got = w.conn.read_for(Duration::from_millis(300));
+        answers.push_str(&String::from_utf8_lossy(&got));
+        if answers.contains("ERR Timeout\r\n") {
+            break;
+        }
+    }
+    assert!(answers.starts_with("ERR Not authenticated\r\n"), "{answers:?}");
+    assert!(answers.ends_with("ERR Timeout\r\n"), "{answers:?}");
+    w.conn.expect_eof();
+}
