@@ -187,12 +187,6 @@ fn set_fd_limit(pid: u32, limit: u64) {
     assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
-/// One HTTP request on the controller port; everything until it closes.
-fn control_http(s: &Server, raw: &str) -> String {
-    let mut c = Conn::connect(s.ctl_addr);
-    c.send(raw.as_bytes());
-    String::from_utf8_lossy(&c.read_to_end(WAIT)).into_owned()
-}
 
 /// `GET /stats` JSON (with a bearer token when given).
 fn stats_json(s: &Server, password: Option<&str>) -> String {
@@ -207,17 +201,6 @@ fn stats_json(s: &Server, password: Option<&str>) -> String {
     r
 }
 
-/// A number in a flat JSON object.
-fn json_u64(json: &str, key: &str) -> u64 {
-    let pat = format!("\"{key}\":");
-    let i = json
-        .find(&pat)
-        .unwrap_or_else(|| panic!("no {key} in {json}"));
-    json[i + pat.len()..]
-        .bytes()
-        .take_while(u8::is_ascii_digit)
-        .fold(0, |n, d| n * 10 + u64::from(d - b'0'))
-}
 
 /// The ids of the complete `id:channel:text\n` lines in `bytes` (a cut
 /// last line is ignored).

@@ -15,12 +15,6 @@ use std::time::Duration;
 /// (`channel::MESSAGE_OVERHEAD`).
 const MESSAGE_OVERHEAD: u64 = 64;
 
-/// One HTTP request on the controller port; everything until it closes.
-fn control_http(s: &Server, raw: &[u8]) -> String {
-    let mut c = Conn::connect(s.ctl_addr);
-    c.send(raw);
-    String::from_utf8_lossy(&c.read_to_end(Duration::from_secs(30))).into_owned()
-}
 
 fn get(s: &Server, path: &str) -> String {
     let r = control_http(
@@ -31,17 +25,6 @@ fn get(s: &Server, path: &str) -> String {
     r
 }
 
-/// A number in the flat JSON of `/stats`.
-fn json_u64(json: &str, key: &str) -> u64 {
-    let pat = format!("\"{key}\":");
-    let i = json
-        .find(&pat)
-        .unwrap_or_else(|| panic!("no {key} in {json}"));
-    json[i + pat.len()..]
-        .bytes()
-        .take_while(u8::is_ascii_digit)
-        .fold(0, |n, d| n * 10 + u64::from(d - b'0'))
-}
 
 fn stat(s: &Server, key: &str) -> u64 {
     json_u64(&get(s, "/stats"), key)

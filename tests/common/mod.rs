@@ -965,6 +965,25 @@ impl Controller {
     }
 }
 
+/// One HTTP request on the controller port; everything until it closes.
+pub fn control_http(s: &Server, raw: impl AsRef<[u8]>) -> String {
+    let mut c = Conn::connect(s.ctl_addr);
+    c.send(raw.as_ref());
+    String::from_utf8_lossy(&c.read_to_end(Duration::from_secs(30))).into_owned()
+}
+
+/// A whole number in a flat JSON object (`/stats`).
+pub fn json_u64(json: &str, key: &str) -> u64 {
+    let pat = format!("\"{key}\":");
+    let i = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key} in {json}"));
+    json[i + pat.len()..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .fold(0, |n, d| n * 10 + u64::from(d - b'0'))
+}
+
 /// Resident memory of a process in KiB (`VmRSS` of /proc/<pid>/status).
 pub fn rss_kib(pid: u32) -> u64 {
     let path = format!("/proc/{pid}/status");
