@@ -187,7 +187,6 @@ fn set_fd_limit(pid: u32, limit: u64) {
     assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
-
 /// `GET /stats` JSON (with a bearer token when given).
 fn stats_json(s: &Server, password: Option<&str>) -> String {
     let auth = password
@@ -195,12 +194,11 @@ fn stats_json(s: &Server, password: Option<&str>) -> String {
         .unwrap_or_default();
     let r = control_http(
         s,
-        &format!("GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"),
+        format!("GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"),
     );
     assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "GET /stats: {r:?}");
     r
 }
-
 
 /// The ids of the complete `id:channel:text\n` lines in `bytes` (a cut
 /// last line is ignored).
@@ -477,7 +475,7 @@ fn channel_name_length_bound_on_both_ports() {
     let body = "b";
     let r = control_http(
         &s,
-        &format!(
+        format!(
             "POST /pub/{over} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
@@ -650,7 +648,7 @@ fn control_http_heads_and_bodies_are_bounded() {
     let body = "b".repeat(1001);
     let got = control_http(
         &s,
-        &format!(
+        format!(
             "POST /pub/big HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         ),
@@ -661,7 +659,7 @@ fn control_http_heads_and_bodies_are_bounded() {
     let body = "b".repeat(1000);
     let got = control_http(
         &s,
-        &format!(
+        format!(
             "POST /pub/big HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
@@ -788,7 +786,7 @@ fn http_control_endpoints_need_the_bearer_token() {
     let mut sub = s.subscribe("/push/h/stream/news", HDR_OK);
     let r = control_http(
         &s,
-        &format!(
+        format!(
             "POST /pub/news HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {PW}\r\nContent-Length: 5\r\n\
              Connection: close\r\n\r\nhello"
         ),
@@ -1654,7 +1652,10 @@ fn a_controller_that_never_authenticates_is_cut_off() {
             break;
         }
     }
-    assert!(answers.starts_with("ERR Not authenticated\r\n"), "{answers:?}");
+    assert!(
+        answers.starts_with("ERR Not authenticated\r\n"),
+        "{answers:?}"
+    );
     assert!(answers.ends_with("ERR Timeout\r\n"), "{answers:?}");
     w.conn.expect_eof();
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 /// (`channel::MESSAGE_OVERHEAD`).
 const MESSAGE_OVERHEAD: u64 = 64;
 
-
 fn get(s: &Server, path: &str) -> String {
     let r = control_http(
         s,
@@ -24,7 +23,6 @@ fn get(s: &Server, path: &str) -> String {
     assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "GET {path}: {r:?}");
     r
 }
-
 
 fn stat(s: &Server, key: &str) -> u64 {
     json_u64(&get(s, "/stats"), key)
