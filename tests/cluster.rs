@@ -1238,7 +1238,7 @@ fn check_delivery(who: &str, got: &[Event], acked: &[Event], refused: &HashSet<S
     let by_id: HashMap<u64, &Event> = got.iter().map(|e| (e.0, e)).collect();
     let missing: Vec<&Event> = acked
         .iter()
-        .filter(|e| by_id.get(&e.0) != Some(&e))
+        .filter(|e| by_id.get(&e.0) != Some(e))
         .collect();
     assert!(
         missing.is_empty(),
