@@ -166,11 +166,11 @@ enum Pending {
     /// A publish from a controller, or from UDP (None), with its text's
     /// length (counted against `MAX_PENDING_BYTES`).
     Publish(Option<ConnId>, usize),
-    /// A channel's history (`XREVRANGE`, newest first) or, after a lost
-    /// link, the events after the newest one held (`XRANGE`).
+    /// A channel's history or, after a lost link, the events after the
+    /// newest one held: `XREVRANGE ... COUNT MaxMessagesPerChannel`, newest
+    /// first.
     Load {
         channel: Box<[u8]>,
-        newest_first: bool,
     },
     View,
 }
@@ -537,7 +537,6 @@ impl Cluster {
                 self.command(
                     Pending::Load {
                         channel: channel.into(),
-                        newest_first: true,
                     },
                     &args,
                 );
@@ -558,7 +557,6 @@ impl Cluster {
                 self.command(
                     Pending::Load {
                         channel: channel.into(),
-                        newest_first: true,
                     },
                     &args,
                 );
@@ -733,16 +731,11 @@ impl Cluster {
                     done.push(Completion::Published { to, id });
                 }
             }
-            Pending::Load {
-                channel,
-                newest_first,
-            } => {
+            Pending::Load { channel } => {
                 let Value::Array(mut entries) = value else {
                     return Err(LinkError::BadReply("a stream read"));
                 };
-                if newest_first {
-                    entries.reverse();
-                }
+                entries.reverse();
                 let loading = self.loading.remove(&channel).unwrap_or_default();
                 let history = entries
                     .into_iter()
