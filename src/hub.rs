@@ -6,7 +6,7 @@
 
 use crate::channel::{Channels, PublishRefused};
 use crate::cluster::link::{Link, LinkError};
-use crate::cluster::{Cluster, Completion, Received};
+use crate::cluster::{Cluster, Completion, Limits, Received, Tick};
 use crate::conn::ConnId;
 use crate::stats::Stats;
 use std::time::Instant;
@@ -100,10 +100,18 @@ impl Hub {
         self.cluster.as_ref().and_then(Cluster::deadline)
     }
 
-    /// Heartbeats and reconnects: true when the loop should open the links
-    /// now (then `connected` or `link_failed`).
-    pub fn tick(&mut self, now: Instant, counts: &str) -> bool {
-        self.cluster.as_mut().is_some_and(|c| c.tick(now, counts))
+    /// Heartbeats, reconnects and the reply timeout: whether the loop
+    /// should open the links now (then `connected` or `link_failed`), or
+    /// bring them down (`link_failed`). `limits` is what the configuration
+    /// allows now.
+    pub fn tick(&mut self, now: Instant, counts: &str, limits: Limits) -> Tick {
+        match self.cluster.as_mut() {
+            None => Tick::Nothing,
+            Some(cluster) => {
+                cluster.set_limits(limits);
+                cluster.tick(now, counts)
+            }
+        }
     }
 
     /// The loop opened the Redis links.

@@ -17,9 +17,9 @@ pub mod resp;
 
 use crate::channel::Channels;
 use crate::conn::ConnId;
-use crate::io::{COMMANDS_PER_TURN, SCRATCH_BYTES};
+use crate::io::{COMMANDS_PER_TURN, READS_PER_TURN};
 use crate::{debug, info};
-use link::{Link, LinkError, Role};
+use link::{Link, LinkError, Read, Role};
 use resp::Value;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -39,11 +39,21 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Assigns the id, appends to the stream (trimmed near MaxMessagesPerChannel)
-/// and announces `<id> <ms> <channel> <text>`, atomically.
-const PUBLISH_SCRIPT: &[u8] = b"local id = redis.call('INCR', KEYS[1])
+/// and announces `<id> <ms> <channel> <text>`, atomically. A counter that
+/// does not exist (a new Redis, or one that lost its data) starts a new
+/// generation at Redis's clock in microseconds: every id handed out before
+/// is below it, whichever node asks first (see `FLOOR_SCRIPT`). Lua
+/// numbers are doubles: the id is written with `%.0f` (exact below 2^53),
+/// never with `..` (which would write `1.7e+15`).
+const PUBLISH_SCRIPT: &[u8] = b"if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])))
+end
+local n = redis.call('INCR', KEYS[1])
+local id = string.format('%.0f', n)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 't', ARGV[2], 'x', ARGV[3])
 redis.call('PUBLISH', ARGV[4], id .. ' ' .. ARGV[2] .. ' ' .. ARGV[5] .. ' ' .. ARGV[3])
-return id";
+return n";
 
 /// Refreshes this node's counts and returns every live node's.
 const VIEW_SCRIPT: &[u8] = b"redis.call('SET', KEYS[1] .. ':' .. ARGV[1], ARGV[2], 'EX', ARGV[3])
@@ -56,11 +66,92 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return out";
 
-/// Never lets the shared counter fall below ids this node has seen (a Redis
-/// restarted without persistence would otherwise hand out old ids again).
-const FLOOR_SCRIPT: &[u8] = b"local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
-return 1";
+/// The id rule. The counter is created at Redis's clock in microseconds
+/// (a new generation) and counts up by one per publish from there. Redis
+/// runs at most one publish script per microsecond, so every id handed out
+/// is below the clock of the moment: a counter created again after Redis
+/// lost its data starts above every id of the previous generation, even
+/// when the first node to reconnect has never seen any (a fresh node).
+/// Then each node raises the counter to the highest id it has seen (the
+/// floor), which also covers a Redis whose clock went back. Ids stay below
+/// 2^53 (exact in JavaScript) until the year 2255.
+///
+/// Returns `{created, counter}`: whether this call started a generation.
+const FLOOR_SCRIPT: &[u8] = b"local created = 0
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])))
+  created = 1
+end
+if tonumber(redis.call('GET', KEYS[1])) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return {created, redis.call('GET', KEYS[1])}";
+
+/// Publishes waiting for Redis, by default (`RedisMaxPending`).
+pub const DEFAULT_MAX_PENDING: usize = 10_000;
+/// Text bytes of publishes waiting for Redis at most (one publish is
+/// always let through when none waits).
+const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes a reply may carry besides the event texts: per stream entry (its
+/// id, time and field names, RESP headers) and per reply.
+const ENTRY_OVERHEAD: usize = 160;
+const REPLY_OVERHEAD: usize = 1024;
+/// The least bound on one reply (the cluster view of many nodes).
+const MIN_REPLY_BYTES: usize = 1024 * 1024;
+
+/// What the configuration allows, which bounds a reply and the wait for
+/// one. The loop passes the current values on every tick (`set_limits`),
+/// so a reload applies to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `RedisTimeout`: a reply due for this long, with nothing received,
+    /// means Redis is hung.
+    pub timeout: Duration,
+    /// `RedisMaxPending`: publishes waiting for Redis at most.
+    pub max_pending: usize,
+    /// The longest event text a node may publish (`MaxControllerLineBytes`
+    /// or `UDPMaxBytes`, whichever is larger).
+    pub max_text: usize,
+    /// `MaxChannelNameLength`.
+    pub max_channel_name: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            timeout: Duration::from_secs(5),
+            max_pending: DEFAULT_MAX_PENDING,
+            max_text: 1024 * 1024,
+            max_channel_name: 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// The largest reply the configuration allows: a history of
+    /// `max_len` events (or one announced event), each of the longest text.
+    pub fn max_reply_bytes(&self, max_len: usize) -> usize {
+        let entry = self
+            .max_text
+            .saturating_add(self.max_channel_name)
+            .saturating_add(ENTRY_OVERHEAD);
+        entry
+            .saturating_mul(max_len.max(1))
+            .saturating_add(REPLY_OVERHEAD)
+            .max(MIN_REPLY_BYTES)
+    }
+}
+
+/// What the loop must do after a tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tick {
+    Nothing,
+    /// Open both links now (then `connected`, or `down` when that failed).
+    Open,
+    /// The links failed (no reply in time): bring them down.
+    Failed(LinkError),
+}
 
 /// What the next reply on the command link answers.
 #[derive(Debug)]
@@ -72,13 +163,14 @@ enum Pending {
     /// `SCRIPT LOAD` of the publish or the view script.
     PublishSha,
     ViewSha,
-    /// A publish from a controller, or from UDP (None).
-    Publish(Option<ConnId>),
-    /// A channel's history (`XREVRANGE`, newest first) or, after a lost
-    /// link, the events after the newest one held (`XRANGE`).
+    /// A publish from a controller, or from UDP (None), with its text's
+    /// length (counted against `MAX_PENDING_BYTES`).
+    Publish(Option<ConnId>, usize),
+    /// A channel's history or, after a lost link, the events after the
+    /// newest one held: `XREVRANGE ... COUNT MaxMessagesPerChannel`, newest
+    /// first.
     Load {
         channel: Box<[u8]>,
-        newest_first: bool,
     },
     View,
 }
@@ -160,7 +252,18 @@ pub struct Cluster {
     links: Vec<ConnId>,
     commands_out: Vec<u8>,
     pubsub_out: Vec<u8>,
-    pending: VecDeque<Pending>,
+    /// What each reply due on the command link answers, with when it was
+    /// asked.
+    pending: VecDeque<(Instant, Pending)>,
+    /// When each reply due on the pub/sub link (AUTH, SUBSCRIBE, PING)
+    /// was asked.
+    pubsub_pending: VecDeque<Instant>,
+    /// When bytes last arrived on the command and the pub/sub link.
+    heard: [Instant; 2],
+    /// Publishes waiting for Redis, and their text bytes.
+    waiting_publishes: usize,
+    waiting_bytes: usize,
+    limits: Limits,
     publish_sha: Vec<u8>,
     view_sha: Vec<u8>,
     loading: HashMap<Box<[u8]>, Loading>,
@@ -189,6 +292,11 @@ impl Cluster {
             commands_out: Vec::new(),
             pubsub_out: Vec::new(),
             pending: VecDeque::new(),
+            pubsub_pending: VecDeque::new(),
+            heard: [now; 2],
+            waiting_publishes: 0,
+            waiting_bytes: 0,
+            limits: Limits::default(),
             publish_sha: Vec::new(),
             view_sha: Vec::new(),
             loading: HashMap::new(),
@@ -202,27 +310,63 @@ impl Cluster {
         self.state == LinkState::Up
     }
 
-    /// When the loop must call `tick`.
+    /// What the configuration allows now (the loop passes it every tick).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// When the loop must call `tick`: a reconnection, a heartbeat, or
+    /// the moment a reply due becomes overdue.
     pub fn deadline(&self) -> Option<Instant> {
-        match self.state {
+        let state = match self.state {
             LinkState::Down(at) => Some(at),
             LinkState::Up => Some(self.next_heartbeat),
             LinkState::Connecting { .. } => None,
+        };
+        [state, self.overdue_at()].into_iter().flatten().min()
+    }
+
+    /// When the oldest reply due on either link is overdue: `RedisTimeout`
+    /// after it was asked, or after bytes last arrived on that link if
+    /// later (a large reply still coming in is not overdue).
+    fn overdue_at(&self) -> Option<Instant> {
+        if matches!(self.state, LinkState::Down(_)) {
+            return None;
         }
+        let command = self.pending.front().map(|(at, _)| (*at).max(self.heard[0]));
+        let pubsub = self
+            .pubsub_pending
+            .front()
+            .map(|at| (*at).max(self.heard[1]));
+        [command, pubsub]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|since| since + self.limits.timeout)
     }
 
     fn command(&mut self, pending: Pending, args: &[&[u8]]) {
         resp::encode(&mut self.commands_out, args);
-        self.pending.push_back(pending);
+        self.pending.push_back((Instant::now(), pending));
     }
 
-    /// Refreshes the cluster view when due; true when the links should
-    /// be opened now (the loop then calls `connected` or `down`).
-    pub fn tick(&mut self, now: Instant, counts: &str) -> bool {
+    fn pubsub_command(&mut self, args: &[&[u8]]) {
+        resp::encode(&mut self.pubsub_out, args);
+        self.pubsub_pending.push_back(Instant::now());
+    }
+
+    /// Refreshes the cluster view when due (and checks the pub/sub link
+    /// with a PING); says when the links must be opened, or failed
+    /// because Redis did not answer within `RedisTimeout`.
+    pub fn tick(&mut self, now: Instant, counts: &str) -> Tick {
+        if self.overdue_at().is_some_and(|at| at <= now) {
+            return Tick::Failed(LinkError::Timeout(self.limits.timeout));
+        }
         match self.state {
-            LinkState::Down(at) => at <= now,
+            LinkState::Down(at) if at <= now => Tick::Open,
             LinkState::Up if self.next_heartbeat <= now => {
                 self.next_heartbeat = now + HEARTBEAT;
+                self.pubsub_command(&[b"PING"]);
                 let sha = self.view_sha.clone();
                 let node = self.node.clone();
                 let args: [&[u8]; 7] = [
@@ -235,9 +379,9 @@ impl Cluster {
                     NODE_TTL_SECS,
                 ];
                 self.command(Pending::View, &args);
-                false
+                Tick::Nothing
             }
-            _ => false,
+            _ => Tick::Nothing,
         }
     }
 
@@ -259,10 +403,12 @@ impl Cluster {
         for name in channels.names() {
             self.loading.entry(name).or_default();
         }
+        let now = Instant::now();
+        self.heard = [now; 2];
         let db = self.settings.db.to_string();
         if let Some(password) = self.settings.password.clone() {
             self.command(Pending::Setup, &[b"AUTH", &password]);
-            resp::encode(&mut self.pubsub_out, &[b"AUTH", &password]);
+            self.pubsub_command(&[b"AUTH", &password]);
         }
         self.command(Pending::Setup, &[b"SELECT", db.as_bytes()]);
         self.command(Pending::PublishSha, &[b"SCRIPT", b"LOAD", PUBLISH_SCRIPT]);
@@ -272,7 +418,7 @@ impl Cluster {
             Pending::Floor,
             &[b"EVAL", FLOOR_SCRIPT, b"1", ID_KEY, floor.as_bytes()],
         );
-        resp::encode(&mut self.pubsub_out, &[b"SUBSCRIBE", EVENTS]);
+        self.pubsub_command(&[b"SUBSCRIBE", EVENTS]);
         debug!("redis {}: connecting", self.settings.addr);
     }
 
@@ -301,18 +447,22 @@ impl Cluster {
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         self.commands_out.clear();
         self.pubsub_out.clear();
+        self.pubsub_pending.clear();
+        self.waiting_publishes = 0;
+        self.waiting_bytes = 0;
         for loading in self.loading.values_mut() {
             loading.requested = false;
         }
-        done.extend(self.pending.drain(..).filter_map(|p| match p {
-            Pending::Publish(Some(to)) => Some(Completion::Published { to, id: None }),
+        done.extend(self.pending.drain(..).filter_map(|(_, p)| match p {
+            Pending::Publish(Some(to), _) => Some(Completion::Published { to, id: None }),
             _ => None,
         }));
         std::mem::take(&mut self.links)
     }
 
-    /// Sends a publish to Redis; false when the link is down (the caller
-    /// answers with an error at once).
+    /// Sends a publish to Redis; false when the link is down or too many
+    /// publishes wait for Redis already (`RedisMaxPending`, or 64 MiB of
+    /// text): the caller answers with an error at once.
     pub fn publish(
         &mut self,
         from: Option<ConnId>,
@@ -324,6 +474,19 @@ impl Cluster {
         if !self.is_up() {
             return false;
         }
+        let bytes = text.len().saturating_add(channel.len());
+        if self.waiting_publishes >= self.limits.max_pending
+            || (self.waiting_publishes > 0
+                && self.waiting_bytes.saturating_add(bytes) > MAX_PENDING_BYTES)
+        {
+            debug!(
+                "redis {}: {} publishes already wait for Redis; refusing one",
+                self.settings.addr, self.waiting_publishes
+            );
+            return false;
+        }
+        self.waiting_publishes += 1;
+        self.waiting_bytes = self.waiting_bytes.saturating_add(bytes);
         let sha = self.publish_sha.clone();
         let key = stream_key(channel);
         let max = max_len.max(1).to_string();
@@ -340,7 +503,7 @@ impl Cluster {
             EVENTS,
             channel,
         ];
-        self.command(Pending::Publish(from), &args);
+        self.command(Pending::Publish(from, bytes), &args);
         true
     }
 
@@ -374,18 +537,26 @@ impl Cluster {
                 self.command(
                     Pending::Load {
                         channel: channel.into(),
-                        newest_first: true,
                     },
                     &args,
                 );
             }
+            // The newest events after the newest one held, as many as a
+            // channel keeps: the reply stays within what a history may be.
             Some(id) => {
-                let start = format!("({id}-0");
-                let args: [&[u8]; 4] = [b"XRANGE", &key, start.as_bytes(), b"+"];
+                let end = format!("({id}-0");
+                let count = max_len.max(1).to_string();
+                let args: [&[u8]; 6] = [
+                    b"XREVRANGE",
+                    &key,
+                    b"+",
+                    end.as_bytes(),
+                    b"COUNT",
+                    count.as_bytes(),
+                ];
                 self.command(
                     Pending::Load {
                         channel: channel.into(),
-                        newest_first: false,
                     },
                     &args,
                 );
@@ -398,10 +569,17 @@ impl Cluster {
         &self.links
     }
 
-    /// Reads and decodes what a link received, then acts on each reply.
-    /// Err means the link failed and must be brought down; what it had
-    /// received before is applied first (an event announced just before
-    /// the break is not lost).
+    /// Reads what a link received and acts on each complete reply, until
+    /// the socket is drained. Err means the link failed and must be brought
+    /// down; what it had received before is applied first (an event
+    /// announced just before the break is not lost).
+    ///
+    /// `More` means work is left (the turn's share of reads or of announced
+    /// events is used): the loop drives the link again next turn, since the
+    /// socket will not signal again for bytes already there. `All` is only
+    /// answered once a read found the socket empty. A reply larger than
+    /// the configuration allows (`Limits::max_reply_bytes`) is a protocol
+    /// error.
     pub fn receive(
         &mut self,
         link: &mut Link,
@@ -409,37 +587,56 @@ impl Cluster {
         channels: &mut Channels,
         done: &mut Vec<Completion>,
     ) -> Result<Received, LinkError> {
-        let failure = link.fill(scratch).err();
         let max_len = channels.max_per_channel;
-        let mut used = 0;
+        let max_bytes = self.limits.max_reply_bytes(max_len);
+        let role = match link.role {
+            Role::Command => 0,
+            Role::PubSub => 1,
+        };
         let mut events = 0;
-        // After a break, everything received is applied at once.
-        while events < COMMANDS_PER_TURN || failure.is_some() {
-            let Some((value, n)) =
-                resp::decode(&link.inbuf[used..]).map_err(|e| LinkError::Protocol(e.0))?
-            else {
-                break;
-            };
-            used += n;
-            match link.role {
-                Role::Command => self.on_reply(value, channels, max_len, done)?,
-                Role::PubSub => {
-                    self.on_pubsub(value, channels, max_len)?;
-                    events += 1;
+        let mut reads = 0;
+        let mut failure = None;
+        let result = loop {
+            // Everything complete first: after a break, all of it at once.
+            if events < COMMANDS_PER_TURN || failure.is_some() {
+                match link.next_reply(max_bytes) {
+                    Ok(Some(value)) => {
+                        let acted = match link.role {
+                            Role::Command => self.on_reply(value, channels, max_len, done),
+                            Role::PubSub => {
+                                events += 1;
+                                self.on_pubsub(value, channels, max_len)
+                            }
+                        };
+                        match acted {
+                            Ok(()) => continue,
+                            Err(e) => break Err(e),
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => break Err(e),
                 }
-            }
-        }
-        link.inbuf.drain(..used);
-        if let Some(failure) = failure {
-            return Err(failure);
-        }
-        Ok(
-            if events == COMMANDS_PER_TURN || link.inbuf.len() >= SCRATCH_BYTES {
-                Received::More
             } else {
-                Received::All
-            },
-        )
+                break Ok(Received::More);
+            }
+            if let Some(failure) = failure.take() {
+                break Err(failure);
+            }
+            if reads == READS_PER_TURN {
+                break Ok(Received::More);
+            }
+            link.compact();
+            match link.read_once(scratch) {
+                Ok(Read::Data) => {
+                    reads += 1;
+                    self.heard[role] = Instant::now();
+                }
+                Ok(Read::Drained) => break Ok(Received::All),
+                Err(e) => failure = Some(e),
+            }
+        };
+        link.compact();
+        result
     }
 
     /// Writes what is queued for a link.
@@ -485,7 +682,7 @@ impl Cluster {
         max_len: usize,
         done: &mut Vec<Completion>,
     ) -> Result<(), LinkError> {
-        let pending = self.pending.pop_front().ok_or(LinkError::Unexpected)?;
+        let (_, pending) = self.pending.pop_front().ok_or(LinkError::Unexpected)?;
         if let Value::Error(e) = &value {
             info!(
                 "redis {}: {pending:?} failed: {}",
@@ -498,7 +695,19 @@ impl Cluster {
                 return Err(LinkError::HandshakeRefused);
             }
             Pending::Setup => {}
-            Pending::Floor => self.link_ready(true, false, channels, max_len),
+            Pending::Floor => {
+                if let Value::Array(items) = &value
+                    && items.first().and_then(Value::integer) == Some(1)
+                {
+                    let counter = items.get(1).and_then(Value::integer).unwrap_or(0);
+                    info!(
+                        "redis {}: the id counter did not exist (a new Redis, or one that \
+                         lost its data): new generation of ids from {counter}",
+                        self.settings.addr
+                    );
+                }
+                self.link_ready(true, false, channels, max_len)
+            }
             Pending::PublishSha => {
                 self.publish_sha = value
                     .bytes()
@@ -511,7 +720,9 @@ impl Cluster {
                     .ok_or(LinkError::BadReply("SCRIPT LOAD"))?
                     .to_vec()
             }
-            Pending::Publish(from) => {
+            Pending::Publish(from, bytes) => {
+                self.waiting_publishes = self.waiting_publishes.saturating_sub(1);
+                self.waiting_bytes = self.waiting_bytes.saturating_sub(bytes);
                 let id = value.integer().and_then(|n| u64::try_from(n).ok());
                 if let Some(id) = id {
                     channels.saw_id(id);
@@ -520,16 +731,11 @@ impl Cluster {
                     done.push(Completion::Published { to, id });
                 }
             }
-            Pending::Load {
-                channel,
-                newest_first,
-            } => {
+            Pending::Load { channel } => {
                 let Value::Array(mut entries) = value else {
                     return Err(LinkError::BadReply("a stream read"));
                 };
-                if newest_first {
-                    entries.reverse();
-                }
+                entries.reverse();
                 let loading = self.loading.remove(&channel).unwrap_or_default();
                 let history = entries
                     .into_iter()
@@ -578,10 +784,19 @@ impl Cluster {
                 return Err(LinkError::Refused(String::from_utf8_lossy(&e).into_owned()));
             }
             // The answer to AUTH.
-            _ => return Ok(()),
+            _ => {
+                self.pubsub_pending.pop_front();
+                return Ok(());
+            }
         };
         match items.first().and_then(Value::bytes) {
-            Some(b"subscribe") => self.link_ready(false, true, channels, max_len),
+            Some(b"subscribe") => {
+                self.pubsub_pending.pop_front();
+                self.link_ready(false, true, channels, max_len)
+            }
+            Some(b"pong") => {
+                self.pubsub_pending.pop_front();
+            }
             Some(b"message") => {
                 let Some(event) = items.get(2).and_then(Value::bytes).and_then(Event::parse) else {
                     return Ok(());

@@ -425,6 +425,20 @@ keys! {
         kind: Kind::Text,
         help: "[password@]host:port[/db] of the Redis that several nodes share channels through (empty: standalone)",
     };
+    REDIS_MAX_PENDING = Key {
+        name: "RedisMaxPending",
+        default: "10000",
+        scope: Scope::Global,
+        kind: count(1, MAX_CONNECTIONS),
+        help: "Publishes that may wait for Redis's answer at once (with RedisAddress); more get ERR Backend unavailable at once",
+    };
+    REDIS_TIMEOUT = Key {
+        name: "RedisTimeout",
+        default: "5",
+        scope: Scope::Global,
+        kind: seconds(1),
+        help: "Seconds Redis may leave a reply due with nothing received before the node treats it as down: waiting publishes get ERR Backend unavailable, the node reconnects and back-fills",
+    };
     SUBSCRIBER_DOCUMENT_ROOT = Key {
         name: "SubscriberDocumentRoot",
         default: "/usr/local/meteor/public_html",

@@ -176,6 +176,11 @@ pub struct Config {
     pub limits: Limits,
     /// `RedisAddress`, parsed; None when standalone.
     pub redis: Option<RedisSettings>,
+    /// `RedisTimeout` in seconds (1 to `keys::MAX_SECONDS`): how long a
+    /// reply may be due with nothing received from Redis.
+    pub redis_timeout: u64,
+    /// `RedisMaxPending`: publishes waiting for Redis at most.
+    pub redis_max_pending: usize,
     pub global_mode: Rc<Mode>,
     pub modes: HashMap<String, Rc<Mode>>,
     /// Warnings found while loading (e.g. PingInterval 1), logged by the caller.
@@ -426,6 +431,8 @@ impl Config {
                         .map_err(|e| error(format!("{}: {e}", REDIS_ADDRESS.name)))?,
                 ),
             },
+            redis_timeout: r.number(&REDIS_TIMEOUT, None)?,
+            redis_max_pending: r.size(&REDIS_MAX_PENDING)?,
             limits: Limits {
                 // Each within its key's range: see keys.rs for the minimums.
                 head_bytes: r.size(&MAX_REQUEST_HEAD_BYTES)?,
@@ -475,6 +482,8 @@ mod tests {
         assert_eq!(c.controller_addr.to_string(), "127.0.0.1:4671");
         assert_eq!(c.udp_addr, None);
         assert_eq!(c.max_messages_per_channel, 250);
+        assert_eq!(c.redis_timeout, 5);
+        assert_eq!(c.redis_max_pending, 10_000);
         assert_eq!(c.global_mode.ping, b"<script>p(-1,\"\");</script>\r\n");
         assert_eq!(c.global_mode.ping_interval, 5);
         assert!(!c.global_mode.persist);
@@ -571,6 +580,7 @@ mod tests {
             &PING_INTERVAL,
             &DRAIN_TIMEOUT,
             &MAX_MESSAGE_AGE,
+            &REDIS_TIMEOUT,
         ] {
             for value in ["9223372036854775808", "18446744073709551615"] {
                 assert_eq!(

@@ -3,16 +3,27 @@
 
 use super::Server;
 use super::conns::Conn;
-use crate::cluster::Received;
 use crate::cluster::link::{Link, LinkError, Role};
+use crate::cluster::{Limits, Received, Tick};
 use crate::conn::{ConnId, Reason, Step};
 use mio::Interest;
 use mio::net::TcpStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 impl Server {
-    /// Heartbeats and reconnects when due.
+    /// Heartbeats and reconnects when due; brings the links down when a
+    /// reply is overdue (`RedisTimeout`).
     pub(super) fn tick_hub(&mut self, now: Instant) {
+        let config = &self.world.config;
+        let limits = Limits {
+            timeout: Duration::from_secs(config.redis_timeout),
+            max_pending: config.redis_max_pending,
+            max_text: config
+                .limits
+                .controller_line_bytes
+                .max(config.limits.udp_bytes),
+            max_channel_name: config.limits.channel_name_length,
+        };
         let stats = &self.world.stats;
         let counts = format!(
             "current_subscribers={} current_controllers={} channel_count={} messages_served={}",
@@ -21,8 +32,10 @@ impl Server {
             self.world.hub.channels.count(),
             stats.messages_served
         );
-        if self.world.hub.tick(now, &counts) {
-            self.open_links(now);
+        match self.world.hub.tick(now, &counts, limits) {
+            Tick::Nothing => {}
+            Tick::Open => self.open_links(now),
+            Tick::Failed(e) => self.links_down(&e),
         }
         self.send_links();
     }

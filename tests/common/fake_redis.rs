@@ -198,7 +198,13 @@ impl State {
                 } else {
                     usize::MAX
                 };
-                let mut found = self.stream(arg(1), 0);
+                // `XREVRANGE key + (<id>-0 COUNT n`: after <id> (a back-fill).
+                let after = arg(3)
+                    .strip_prefix('(')
+                    .and_then(|end| end.split('-').next())
+                    .and_then(|id| id.parse().ok())
+                    .unwrap_or(0);
+                let mut found = self.stream(arg(1), after);
                 found.reverse();
                 found.truncate(count);
                 entries(&found)
@@ -483,6 +489,10 @@ fn serve(stream: TcpStream, shared: Arc<Shared>) {
                     state.announce(&payload);
                 }
                 reply
+            }
+            // PING on a subscribed link, answered as Redis does (RESP2).
+            Some((_, true)) if command == "PING" => {
+                format!("*2\r\n{}{}", bulk("pong"), bulk("")).into_bytes()
             }
             _ if pubsub => {
                 format!("*3\r\n{}{}:1\r\n", bulk("subscribe"), bulk(EVENTS)).into_bytes()
