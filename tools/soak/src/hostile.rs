@@ -443,7 +443,7 @@ fn escapes(sh: &Shared, chan: &str, rng_round: u64) {
                 ),
             );
         }
-        if rng_round % 2 == 0 {
+        if rng_round.is_multiple_of(2) {
             wire::set_linger_zero(&s);
         }
     }
@@ -522,7 +522,7 @@ fn peer_gone(s: &mut TcpStream) -> bool {
                 | std::io::ErrorKind::ConnectionReset
                 | std::io::ErrorKind::ConnectionAborted
         ),
-        Ok(_) => false,
+        Ok(n) => n == 0,
     }
 }
 

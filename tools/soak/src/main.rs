@@ -56,6 +56,7 @@ usage: meteor-soak [options]
                        paused during the run
   --redis-server PATH  redis-server binary (default redis-server)
   --redis-timeout S    the nodes' RedisTimeout (default 2; 0: leave it out)
+  --small-events       with --nodes: events up to 32 KB instead of 256 KB
   --report-every SECS  progress line interval (default 30)
 ";
 
@@ -81,6 +82,7 @@ pub(crate) struct Opts {
     nodes: usize,
     redis_server: PathBuf,
     redis_timeout: u64,
+    small_events: bool,
     report_every: Duration,
 }
 
@@ -107,6 +109,7 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         nodes: 0,
         redis_server: PathBuf::from("redis-server"),
         redis_timeout: 2,
+        small_events: false,
         report_every: Duration::from_secs(30),
     };
     let (mut attach, mut sub, mut ctl, mut pid) = (false, None, None, None);
@@ -147,6 +150,7 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
             "--nodes" => o.nodes = num(a, value(a)?)?,
             "--redis-server" => o.redis_server = PathBuf::from(value(a)?),
             "--redis-timeout" => o.redis_timeout = num(a, value(a)?)?,
+            "--small-events" => o.small_events = true,
             "--report-every" => o.report_every = Duration::from_secs_f64(num(a, value(a)?)?),
             other => return Err(format!("unknown option {other}")),
         }
@@ -206,15 +210,15 @@ fn main() -> ExitCode {
 
 /// Start, peak and end of the server's descriptors and memory.
 #[derive(Default)]
-struct Watch {
-    start: Sample,
-    peak_fds: u64,
-    peak_rss: u64,
-    last: Sample,
+pub(crate) struct Watch {
+    pub(crate) start: Sample,
+    pub(crate) peak_fds: u64,
+    pub(crate) peak_rss: u64,
+    pub(crate) last: Sample,
 }
 
 impl Watch {
-    fn take(&mut self, s: Sample) {
+    pub(crate) fn take(&mut self, s: Sample) {
         self.peak_fds = self.peak_fds.max(s.fds);
         self.peak_rss = self.peak_rss.max(s.rss_kib);
         self.last = s;
@@ -420,7 +424,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         if let Ok(s) = server::sample(pid) {
             watch.take(s);
         }
-        if t0.elapsed().as_secs() % 2 == 0
+        if t0.elapsed().as_secs().is_multiple_of(2)
             && let Some(j) = hostile::stats(&sh)
         {
             hostile::note_stats(&sh, &j);
