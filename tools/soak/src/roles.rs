@@ -1213,3 +1213,31 @@ fn abuse(sh: &Shared, idx: usize, action: u64, rng: &mut Rng) -> Result<(), Stri
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unacknowledged_events_are_not_expected() {
+        let ch = Channel::new("c".into());
+        ch.unacked.lock().unwrap().extend([3, 5, 6]);
+        assert_eq!(ch.acked_between(1, 8), 4); // 1 2 4 7
+        assert_eq!(ch.acked_between(5, 7), 0);
+        assert_eq!(ch.acked_between(7, 7), 0);
+        assert!(ch.is_unacked(5) && !ch.is_unacked(4));
+    }
+
+    #[test]
+    fn latency_quantiles() {
+        let l = Latency::default();
+        for _ in 0..99 {
+            l.record(Duration::from_micros(100));
+        }
+        l.record(Duration::from_millis(50));
+        assert_eq!(l.quantile(0.5), 128);
+        assert_eq!(l.quantile(0.99), 128);
+        assert_eq!(l.quantile(1.0), 65_536);
+        assert_eq!(l.max_us.load(Ordering::Relaxed), 50_000);
+    }
+}
