@@ -10,11 +10,13 @@
 //! the bundled meteor.conf). Only std threads, only 127.0.0.1, and it stops
 //! by itself: every socket wait has a deadline.
 
+mod cluster;
+mod hostile;
 mod roles;
 mod server;
 mod wire;
 
-use roles::{Channel, Counters, Shared};
+use roles::{Channel, Counters, NodeCounters, Shared};
 use server::{Sample, Target};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,10 +45,22 @@ usage: meteor-soak [options]
   --churners N         connect/act/leave clients (default 6)
   --slow N             slow and stalled subscribers (default 4)
   --abusers N          clients crossing every input bound (default 2)
+  --idlers N           silent / half-finished controllers (default 3)
+  --pipe-readers N     readers of the pipelining publisher's channel (default 4)
+  --pipe-events N      events per pipelined burst, 1 KB each (default 3000)
+  --no-hostile         without the round-two hostile roles (idlers, path
+                       aliases, escaping modes, non-reading controller,
+                       pipelining publisher)
+  --nodes N            several nodes (2 or 3) sharing channels through a
+                       redis-server started here; Redis is restarted and
+                       paused during the run
+  --redis-server PATH  redis-server binary (default redis-server)
+  --redis-timeout S    the nodes' RedisTimeout (default 2; 0: leave it out)
+  --small-events       with --nodes: events up to 32 KB instead of 256 KB
   --report-every SECS  progress line interval (default 30)
 ";
 
-struct Opts {
+pub(crate) struct Opts {
     duration: Duration,
     meteord: PathBuf,
     server_args: Vec<String>,
@@ -61,6 +75,14 @@ struct Opts {
     churners: usize,
     slow: usize,
     abusers: usize,
+    idlers: usize,
+    pipe_readers: usize,
+    pipe_events: u64,
+    hostile: bool,
+    nodes: usize,
+    redis_server: PathBuf,
+    redis_timeout: u64,
+    small_events: bool,
     report_every: Duration,
 }
 
@@ -80,6 +102,14 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         churners: 6,
         slow: 4,
         abusers: 2,
+        idlers: 3,
+        pipe_readers: 4,
+        pipe_events: 3000,
+        hostile: true,
+        nodes: 0,
+        redis_server: PathBuf::from("redis-server"),
+        redis_timeout: 2,
+        small_events: false,
         report_every: Duration::from_secs(30),
     };
     let (mut attach, mut sub, mut ctl, mut pid) = (false, None, None, None);
@@ -113,6 +143,14 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
             "--churners" => o.churners = num(a, value(a)?)?,
             "--slow" => o.slow = num(a, value(a)?)?,
             "--abusers" => o.abusers = num(a, value(a)?)?,
+            "--idlers" => o.idlers = num(a, value(a)?)?,
+            "--pipe-readers" => o.pipe_readers = num(a, value(a)?)?,
+            "--pipe-events" => o.pipe_events = num(a, value(a)?)?,
+            "--no-hostile" => o.hostile = false,
+            "--nodes" => o.nodes = num(a, value(a)?)?,
+            "--redis-server" => o.redis_server = PathBuf::from(value(a)?),
+            "--redis-timeout" => o.redis_timeout = num(a, value(a)?)?,
+            "--small-events" => o.small_events = true,
             "--report-every" => o.report_every = Duration::from_secs_f64(num(a, value(a)?)?),
             other => return Err(format!("unknown option {other}")),
         }
@@ -124,6 +162,17 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         }
     } else if o.password.is_some() {
         return Err("--password is for --attach".into());
+    }
+    if o.nodes != 0 {
+        if !(2..=3).contains(&o.nodes) {
+            return Err("--nodes must be 2 or 3".into());
+        }
+        if o.attach.is_some() {
+            return Err("--nodes starts its own servers: not with --attach".into());
+        }
+    }
+    if o.pipe_events > 100_000 || o.idlers > 50 || o.pipe_readers > 50 {
+        return Err("--pipe-events at most 100000, --idlers and --pipe-readers at most 50".into());
     }
     if o.channels == 0 || o.publishers == 0 {
         return Err("--channels and --publishers must be at least 1".into());
@@ -144,7 +193,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&opts) {
+    let result = if opts.nodes > 0 {
+        cluster::run(&opts)
+    } else {
+        run(&opts)
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -156,27 +210,30 @@ fn main() -> ExitCode {
 
 /// Start, peak and end of the server's descriptors and memory.
 #[derive(Default)]
-struct Watch {
-    start: Sample,
-    peak_fds: u64,
-    peak_rss: u64,
-    last: Sample,
+pub(crate) struct Watch {
+    pub(crate) start: Sample,
+    pub(crate) peak_fds: u64,
+    pub(crate) peak_rss: u64,
+    pub(crate) last: Sample,
 }
 
 impl Watch {
-    fn take(&mut self, s: Sample) {
+    pub(crate) fn take(&mut self, s: Sample) {
         self.peak_fds = self.peak_fds.max(s.fds);
         self.peak_rss = self.peak_rss.max(s.rss_kib);
         self.last = s;
     }
 }
 
-fn load(c: &AtomicU64) -> u64 {
+pub(crate) fn load(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
 /// Waits for threads to finish, up to `deadline`; returns how many did not.
-fn join_by(handles: &mut Vec<(String, JoinHandle<()>)>, deadline: Instant) -> Vec<String> {
+pub(crate) fn join_by(
+    handles: &mut Vec<(String, JoinHandle<()>)>,
+    deadline: Instant,
+) -> Vec<String> {
     while Instant::now() < deadline && handles.iter().any(|(_, h)| !h.is_finished()) {
         thread::sleep(Duration::from_millis(50));
     }
@@ -206,15 +263,31 @@ fn run(o: &Opts) -> Result<bool, String> {
     watch.start = first;
     watch.take(first);
     let tag = std::process::id() % 10_000;
-    let channels = (0..o.channels)
-        .map(|i| Channel {
-            name: format!("soak{tag}x{i}"),
-            state: Mutex::new((0, 0)),
-        })
+    let mut channels: Vec<Channel> = (0..o.channels)
+        .map(|i| Channel::new(format!("soak{tag}x{i}")))
         .collect();
+    let pipe_chan = channels.len();
+    channels.push(Channel::new(format!("soak{tag}pipe")));
+    let started = o.attach.is_none();
     let sh = Arc::new(Shared {
         sub: target.sub,
         ctl: target.ctl,
+        subs: vec![target.sub],
+        ctls: vec![target.ctl],
+        nodes: vec![NodeCounters::default()],
+        cluster: false,
+        big_events: false,
+        load_channels: o.channels,
+        ctl_timeouts: started.then_some((
+            Duration::from_secs(server::CTL_COMMAND_TIMEOUT),
+            Duration::from_secs(server::CTL_IDLE_TIMEOUT),
+        )),
+        modes: if started {
+            hostile::SOAK_MODES.to_vec()
+        } else {
+            hostile::BUNDLED_MODES.to_vec()
+        },
+        max_cached: started.then_some(server::MAX_CACHED),
         password: o.password.clone(),
         known_limits: o.attach.is_none(),
         head_timeout: if o.attach.is_none() {
@@ -259,7 +332,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         let rate = o.rate;
         publishers.push(spawn(
             format!("publisher {p}"),
-            Box::new(move |sh| roles::publisher(sh, p, chans, rate, http)),
+            Box::new(move |sh| roles::publisher(sh, p, 0, chans, rate, http)),
         ));
     }
     let mut readers = Vec::new();
@@ -269,7 +342,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         chans.dedup();
         readers.push(spawn(
             format!("streamer {i}"),
-            Box::new(move |sh| roles::streamer(sh, i, chans)),
+            Box::new(move |sh| roles::streamer(sh, i, 0, chans)),
         ));
     }
     for i in 0..o.longpollers {
@@ -277,7 +350,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         chans.dedup();
         readers.push(spawn(
             format!("longpoller {i}"),
-            Box::new(move |sh| roles::longpoller(sh, i, chans)),
+            Box::new(move |sh| roles::longpoller(sh, i, 0, chans)),
         ));
     }
     let mut others = Vec::new();
@@ -300,6 +373,43 @@ fn run(o: &Opts) -> Result<bool, String> {
         ));
     }
 
+    if o.hostile {
+        for i in 0..o.idlers {
+            others.push(spawn(
+                format!("idler {i}"),
+                Box::new(move |sh| hostile::idler(sh, i)),
+            ));
+        }
+        others.push(spawn("prober".into(), Box::new(hostile::prober)));
+        others.push(spawn("non-reader".into(), Box::new(hostile::nonreader)));
+        let (readers, events) = (o.pipe_readers, o.pipe_events);
+        others.push(spawn(
+            "pipeliner".into(),
+            Box::new(move |sh| hostile::pipeliner(sh, pipe_chan, readers, events)),
+        ));
+        if started {
+            // MaxControllers silent clients, on a server of their own so
+            // that the load's publishers are not locked out meanwhile.
+            let (bin, args) = (o.meteord.clone(), o.server_args.clone());
+            others.push(spawn(
+                "lockout".into(),
+                Box::new(move |sh| {
+                    let mut a = args;
+                    a.extend(["-MaxControllers".to_string(), "8".to_string()]);
+                    let r = match Target::spawn(&bin, false, &a) {
+                        Ok(t) => hostile::lockout(
+                            t.ctl,
+                            8,
+                            Duration::from_secs(server::CTL_COMMAND_TIMEOUT),
+                        ),
+                        Err(e) => Err(format!("cannot start a second server: {e}")),
+                    };
+                    *sh.c.h.lockout.lock().unwrap() = Some(r);
+                }),
+            ));
+        }
+    }
+
     // The load runs; the server is watched every second.
     let t0 = Instant::now();
     let mut next_report = t0 + o.report_every;
@@ -313,6 +423,11 @@ fn run(o: &Opts) -> Result<bool, String> {
         }
         if let Ok(s) = server::sample(pid) {
             watch.take(s);
+        }
+        if t0.elapsed().as_secs().is_multiple_of(2)
+            && let Some(j) = hostile::stats(&sh)
+        {
+            hostile::note_stats(&sh, &j);
         }
         if Instant::now() >= next_report {
             next_report += o.report_every;
@@ -393,6 +508,65 @@ fn run(o: &Opts) -> Result<bool, String> {
     )
 }
 
+/// The round-two hostile roles' lines of the report.
+fn hostile_report(sh: &Shared) {
+    let c = &sh.c;
+    let h = &c.h;
+    println!(
+        "  idle controllers       {} checked (silent, half command, HTTP body never sent, half head: ERR Timeout / 408 at ControllerCommandTimeout; silent after a command: closed without a word at ControllerIdleTimeout), {} unexpected",
+        load(&h.idle_checked),
+        load(&h.idle_bad)
+    );
+    match &*h.lockout.lock().unwrap() {
+        Some(Ok(t)) => println!("  MaxControllers lockout {t}"),
+        Some(Err(e)) => println!("  MaxControllers lockout FAILED: {e}"),
+        None => {
+            println!("  MaxControllers lockout not run (attached server, or no result in time)")
+        }
+    }
+    println!(
+        "  path aliases           {} requests of /index.html aliases, {} bad; document_cache_bytes peak {} for a file of {} bytes (one copy with its head and bookkeeping: at most {})",
+        load(&h.alias_requests),
+        load(&h.alias_bad),
+        load(&h.doc_cache_max),
+        load(&h.doc_size),
+        load(&h.doc_bound)
+    );
+    println!(
+        "  escaping modes         {} rounds x {} modes ({} requests), {} bad replies, {} rounds memory not back; {}; bytes_cached peak {}{}",
+        load(&h.escape_rounds),
+        sh.modes.len(),
+        load(&h.escape_requests),
+        load(&h.escape_bad),
+        load(&h.escape_not_returned),
+        h.escape_worst.lock().unwrap(),
+        load(&h.bytes_cached_max),
+        sh.max_cached
+            .map(|m| format!(" (MaxCachedBytes {m})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  non-reading controller {} rounds over {} channels, ~{} LISTCHANNELS sent unread; the server stopped reading (our writes stalled) in {}, closed it in {}, left it open (15 s) in {}",
+        load(&h.nonreader_rounds),
+        load(&h.many_channels),
+        load(&h.nonreader_commands),
+        load(&h.nonreader_stalled),
+        load(&h.nonreader_closed),
+        load(&h.nonreader_open)
+    );
+    println!(
+        "  pipelining publisher   {} bursts, {} events acknowledged ({} not); {} readers: {} deliveries, dropped {}, missing {}, skipped {}",
+        load(&h.pipe_rounds),
+        load(&h.pipe_events),
+        load(&h.pipe_publish_failed),
+        load(&h.pipe_readers),
+        load(&c.deliveries_pipe),
+        load(&h.pipe_readers_dropped),
+        load(&h.pipe_missing),
+        load(&c.pipe_gaps)
+    );
+}
+
 fn deliveries(c: &Counters) -> u64 {
     load(&c.deliveries_stream)
         + load(&c.deliveries_longpoll)
@@ -419,7 +593,9 @@ fn report(
     let stat = |json: &str, key: &str| server::json_u64(json, key).unwrap_or(0);
     let delta = |key: &str| stat(end_json, key).saturating_sub(stat(start_json, key));
     let published = load(&c.published);
+    let extra = load(&c.published_extra);
     let server_published = delta("unique_messages");
+    let h = &c.h;
     let cpu = w.last.cpu - w.start.cpu;
     let logs = &target.logs;
     let mut fails: Vec<String> = Vec::new();
@@ -471,9 +647,59 @@ fn report(
         format!("{} failed publishes", load(&c.publish_errors)),
     );
     check(
-        server_published == published,
-        format!("the server counted {server_published} new messages, publishers {published}"),
+        server_published == published + extra,
+        format!(
+            "the server counted {server_published} new messages, publishers {published} + hostile roles {extra}"
+        ),
     );
+    check(
+        load(&c.refused) == 0,
+        format!("{} publishes refused", load(&c.refused)),
+    );
+    if o.hostile {
+        check(
+            load(&h.idle_bad) == 0,
+            format!(
+                "{} silent or half-finished controllers not answered as expected",
+                load(&h.idle_bad)
+            ),
+        );
+        if let Some(Err(e)) = &*h.lockout.lock().unwrap() {
+            check(false, format!("MaxControllers silent clients: {e}"));
+        }
+        check(
+            load(&h.alias_bad) == 0,
+            format!("{} path-alias problems", load(&h.alias_bad)),
+        );
+        check(
+            load(&h.escape_bad) == 0 && load(&h.escape_not_returned) == 0,
+            format!(
+                "escaping modes: {} bad replies, {} rounds where bytes_cached did not come back",
+                load(&h.escape_bad),
+                load(&h.escape_not_returned)
+            ),
+        );
+        if let Some(max) = sh.max_cached {
+            check(
+                load(&h.bytes_cached_max) <= max,
+                format!(
+                    "bytes_cached reached {} over MaxCachedBytes {max}",
+                    load(&h.bytes_cached_max)
+                ),
+            );
+        }
+        check(
+            load(&h.pipe_missing) == 0
+                && load(&h.pipe_readers_dropped) == 0
+                && load(&c.pipe_gaps) == 0,
+            format!(
+                "pipelined publishing: {} readers dropped, {} events missing, {} skipped",
+                load(&h.pipe_readers_dropped),
+                load(&h.pipe_missing),
+                load(&c.pipe_gaps)
+            ),
+        );
+    }
     check(
         settled && w.last.fds == w.start.fds,
         format!(
@@ -513,7 +739,7 @@ fn report(
         o.abusers
     );
     println!(
-        "  events published       {published} ({:.0}/s; {} over HTTP; server counted {server_published}; publish errors {})",
+        "  events published       {published} ({:.0}/s; {} over HTTP; {extra} more by the hostile roles; server counted {server_published}; publish errors {})",
         published as f64 / secs,
         load(&c.published_http),
         load(&c.publish_errors)
@@ -567,6 +793,16 @@ fn report(
         delta("subscriber_connections_accepted"),
         delta("controller_connections_accepted")
     );
+    let lat = &c.latency;
+    println!(
+        "  publish latency        p50 <= {:.1} ms, p99 <= {:.1} ms, max {:.1} ms (acknowledged publishes of the load)",
+        lat.quantile(0.5) as f64 / 1000.0,
+        lat.quantile(0.99) as f64 / 1000.0,
+        lat.max_us.load(Ordering::Relaxed) as f64 / 1000.0
+    );
+    if o.hostile {
+        hostile_report(sh);
+    }
     println!(
         "  server descriptors     start {}, peak {}, end {}",
         w.start.fds, w.peak_fds, w.last.fds

@@ -17,11 +17,82 @@ use std::time::{Duration, Instant};
 pub struct Channel {
     pub name: String,
     pub state: Mutex<(u64, u64)>,
+    /// Sequence numbers whose publish was not acknowledged (refused or no
+    /// answer), in increasing order: subscribers need not get them.
+    pub unacked: Mutex<Vec<u64>>,
 }
 
 impl Channel {
-    fn snapshot(&self) -> (u64, u64) {
+    pub fn new(name: String) -> Channel {
+        Channel {
+            name,
+            state: Mutex::new((0, 0)),
+            unacked: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn snapshot(&self) -> (u64, u64) {
         *self.state.lock().unwrap()
+    }
+
+    /// Acknowledged sequence numbers in `from..to`.
+    fn acked_between(&self, from: u64, to: u64) -> u64 {
+        if to <= from {
+            return 0;
+        }
+        let un = self.unacked.lock().unwrap();
+        let lo = un.partition_point(|&s| s < from);
+        let hi = un.partition_point(|&s| s < to);
+        (to - from) - (hi - lo) as u64
+    }
+
+    fn is_unacked(&self, seq: u64) -> bool {
+        self.unacked.lock().unwrap().binary_search(&seq).is_ok()
+    }
+}
+
+/// Figures of one node (the only one when standalone).
+#[derive(Default)]
+pub struct NodeCounters {
+    pub published: AtomicU64,
+    /// `ERR Backend unavailable` / HTTP 503: not expected to be delivered.
+    pub refused: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub closed_by_server: AtomicU64,
+}
+
+/// Publish acknowledgement times, in power-of-two buckets of microseconds.
+#[derive(Default)]
+pub struct Latency {
+    pub buckets: [AtomicU64; 26],
+    pub max_us: AtomicU64,
+}
+
+impl Latency {
+    pub fn record(&self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        let b = (64 - us.leading_zeros() as usize).min(self.buckets.len() - 1);
+        inc(&self.buckets[b]);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The upper bound (microseconds) of the bucket holding quantile `q`.
+    pub fn quantile(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let want = ((total as f64) * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want.max(1) {
+                return 1u64 << i;
+            }
+        }
+        0
     }
 }
 
@@ -58,13 +129,23 @@ pub struct Counters {
     pub abuse_unexpected: AtomicU64,
     pub churn_sessions: AtomicU64,
     pub bad_replies: AtomicU64,
+    /// Events published by the hostile-input roles (not the publishers).
+    pub published_extra: AtomicU64,
+    /// Refused publishes (`ERR Backend unavailable`, 503) and delivered
+    /// events whose publish was not acknowledged.
+    pub refused: AtomicU64,
+    pub delivered_unacked: AtomicU64,
+    pub latency: Latency,
+    pub deliveries_pipe: AtomicU64,
+    pub pipe_gaps: AtomicU64,
+    pub h: crate::hostile::HostileCounters,
 }
 
-fn inc(c: &AtomicU64) {
+pub fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-fn add(c: &AtomicU64, n: u64) {
+pub fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
@@ -72,6 +153,23 @@ fn add(c: &AtomicU64, n: u64) {
 pub struct Shared {
     pub sub: SocketAddr,
     pub ctl: SocketAddr,
+    /// Every node's ports (one entry when standalone; `sub`/`ctl` are the first).
+    pub subs: Vec<SocketAddr>,
+    pub ctls: Vec<SocketAddr>,
+    pub nodes: Vec<NodeCounters>,
+    /// Several nodes through Redis: refused publishes are expected.
+    pub cluster: bool,
+    /// Events up to 256 KB.
+    pub big_events: bool,
+    /// `channels[..load_channels]` carry the publishers' load; the rest
+    /// belong to the hostile-input roles.
+    pub load_channels: usize,
+    /// `ControllerCommandTimeout` and `ControllerIdleTimeout` when known.
+    pub ctl_timeouts: Option<(Duration, Duration)>,
+    /// Modes for the escaping check: (name, escape of `~text~`).
+    pub modes: Vec<(&'static str, crate::hostile::Esc)>,
+    /// `MaxCachedBytes` when known.
+    pub max_cached: Option<u64>,
     pub password: Option<String>,
     /// Limits of a server started here are known: controller abuse is on.
     pub known_limits: bool,
@@ -97,15 +195,15 @@ impl Shared {
         }
     }
 
-    fn stopping(&self) -> bool {
+    pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
 
-    fn draining(&self) -> bool {
+    pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed) || self.stopping()
     }
 
-    fn connect(&self, addr: SocketAddr) -> Option<TcpStream> {
+    pub fn connect(&self, addr: SocketAddr) -> Option<TcpStream> {
         match wire::connect(addr) {
             Ok(s) => {
                 inc(&self.c.connections);
@@ -148,7 +246,7 @@ impl Rng {
 }
 
 /// Sleeps up to `d`, waking early when `flag` is raised.
-fn nap(d: Duration, flag: &AtomicBool) {
+pub fn nap(d: Duration, flag: &AtomicBool) {
     let end = Instant::now() + d;
     while !flag.load(Ordering::Relaxed) {
         let left = end.saturating_duration_since(Instant::now());
@@ -163,8 +261,9 @@ fn nap(d: Duration, flag: &AtomicBool) {
 // Publishers
 // ---------------------------------------------------------------------------
 
-fn event_text(rng: &mut Rng, seq: u64) -> String {
+fn event_text(rng: &mut Rng, seq: u64, big: bool) -> String {
     let len = match rng.next() % 1000 {
+        0..=2 if big => rng.range(64 * 1024, 256 * 1024 - 16),
         0..=4 => rng.range(16 * 1024, 32 * 1024),
         5..=54 => rng.range(2048, 8192),
         55..=299 => rng.range(200, 2048),
@@ -177,14 +276,18 @@ fn event_text(rng: &mut Rng, seq: u64) -> String {
 }
 
 /// A line-protocol connection, authenticated when needed.
-struct LineClient {
-    s: TcpStream,
+pub struct LineClient {
+    pub s: TcpStream,
     buf: Vec<u8>,
 }
 
 impl LineClient {
-    fn open(sh: &Shared) -> Option<LineClient> {
-        let s = sh.connect(sh.ctl)?;
+    pub fn open(sh: &Shared) -> Option<LineClient> {
+        LineClient::open_at(sh, sh.ctl)
+    }
+
+    pub fn open_at(sh: &Shared, addr: SocketAddr) -> Option<LineClient> {
+        let s = sh.connect(addr)?;
         let mut c = LineClient { s, buf: Vec::new() };
         if let Some(pw) = &sh.password {
             let r = c.command(&format!("AUTH {pw}\n"))?;
@@ -197,12 +300,12 @@ impl LineClient {
     }
 
     /// Sends `line` (with its LF) and returns the reply line.
-    fn command(&mut self, line: &str) -> Option<String> {
+    pub fn command(&mut self, line: &str) -> Option<String> {
         self.s.write_all(line.as_bytes()).ok()?;
         self.reply()
     }
 
-    fn reply(&mut self) -> Option<String> {
+    pub fn reply(&mut self) -> Option<String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut tmp = [0u8; 4096];
         loop {
@@ -222,15 +325,26 @@ impl LineClient {
     }
 }
 
+/// What became of one publish.
+enum Outcome {
+    Acked(u64),
+    /// `ERR Backend unavailable` or HTTP 503: not stored, not expected.
+    Refused,
+    /// Another answer or none: counted as a failed publish.
+    Failed,
+}
+
 /// Publishes to its channels at `rate` events per second until told to
-/// stop; over HTTP (`POST /pub/<channel>`, keep-alive) when `http`.
-pub fn publisher(sh: &Shared, idx: usize, chans: Vec<usize>, rate: f64, http: bool) {
+/// stop, on node `node`; over HTTP (`POST /pub/<channel>`, keep-alive) when
+/// `http`.
+pub fn publisher(sh: &Shared, idx: usize, node: usize, chans: Vec<usize>, rate: f64, http: bool) {
     let mut rng = Rng::new(1000 + idx as u64);
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
     let mut next = Instant::now();
     let mut conn: Option<LineClient> = None;
     let mut http_conn: Option<(TcpStream, Vec<u8>)> = None;
     let mut turn = 0usize;
+    let ctl = sh.ctls[node];
     while !sh.stop_publishing.load(Ordering::Relaxed) {
         next += interval;
         let now = Instant::now();
@@ -243,40 +357,57 @@ pub fn publisher(sh: &Shared, idx: usize, chans: Vec<usize>, rate: f64, http: bo
         turn += 1;
         let (seq, _) = ch.snapshot();
         let seq = seq + 1;
-        let text = event_text(&mut rng, seq);
-        let id = if http {
-            publish_http(sh, &mut http_conn, &ch.name, &text)
+        let text = event_text(&mut rng, seq, sh.big_events);
+        let sent = Instant::now();
+        let outcome = if http {
+            publish_http(sh, ctl, &mut http_conn, &ch.name, &text)
         } else {
             if conn.is_none() {
-                conn = LineClient::open(sh);
+                conn = LineClient::open_at(sh, ctl);
             }
             match conn.as_mut() {
                 Some(c) => {
                     let r = c.command(&format!("ADDMESSAGE {} {text}\n", ch.name));
-                    match r.as_deref().and_then(|r| r.strip_prefix("OK\t")) {
-                        Some(id) => id.parse().ok(),
-                        None => {
+                    match r.as_deref() {
+                        Some(r) if r.starts_with("OK\t") => match r[3..].parse() {
+                            Ok(id) => Outcome::Acked(id),
+                            Err(_) => Outcome::Failed,
+                        },
+                        Some("ERR Backend unavailable") => Outcome::Refused,
+                        _ => {
                             sh.problem(format!("ADDMESSAGE answered {r:?}"));
                             conn = None;
-                            None
+                            Outcome::Failed
                         }
                     }
                 }
-                None => None,
+                None => Outcome::Failed,
             }
         };
-        match id {
-            Some(id) => {
+        let nc = &sh.nodes[node];
+        match outcome {
+            Outcome::Acked(id) => {
+                sh.c.latency.record(sent.elapsed());
                 *ch.state.lock().unwrap() = (seq, id);
                 inc(&sh.c.published);
+                inc(&nc.published);
                 if http {
                     inc(&sh.c.published_http);
                 }
             }
-            None => {
-                // The event may or may not be out: count it as published so
-                // that subscribers see a gap if it is not.
-                inc(&sh.c.publish_errors);
+            Outcome::Refused | Outcome::Failed => {
+                // The event may or may not be out: subscribers need not get
+                // it but may. Its sequence number is not used again.
+                if matches!(outcome, Outcome::Refused) {
+                    inc(&sh.c.refused);
+                    inc(&nc.refused);
+                    if !sh.cluster {
+                        sh.problem(format!("publish to {} refused", ch.name));
+                    }
+                } else {
+                    inc(&sh.c.publish_errors);
+                }
+                ch.unacked.lock().unwrap().push(seq);
                 let (_, id) = ch.snapshot();
                 *ch.state.lock().unwrap() = (seq, id);
                 thread::sleep(Duration::from_millis(100));
@@ -287,14 +418,17 @@ pub fn publisher(sh: &Shared, idx: usize, chans: Vec<usize>, rate: f64, http: bo
 
 fn publish_http(
     sh: &Shared,
+    ctl: SocketAddr,
     conn: &mut Option<(TcpStream, Vec<u8>)>,
     channel: &str,
     text: &str,
-) -> Option<u64> {
+) -> Outcome {
     if conn.is_none() {
-        *conn = sh.connect(sh.ctl).map(|s| (s, Vec::new()));
+        *conn = sh.connect(ctl).map(|s| (s, Vec::new()));
     }
-    let (s, buf) = conn.as_mut()?;
+    let Some((s, buf)) = conn.as_mut() else {
+        return Outcome::Failed;
+    };
     let auth = sh
         .password
         .as_ref()
@@ -314,11 +448,14 @@ fn publish_http(
                 if buf.len() >= head + len {
                     let body = String::from_utf8_lossy(&buf[head..head + len]).into_owned();
                     buf.drain(..head + len);
+                    if status.starts_with("HTTP/1.1 503 ") {
+                        return Some(Outcome::Refused);
+                    }
                     if status != "HTTP/1.1 200 OK" {
                         sh.problem(format!("POST /pub: {status} {body}"));
                         return None;
                     }
-                    return crate::server::json_u64(&body, "id");
+                    return crate::server::json_u64(&body, "id").map(Outcome::Acked);
                 }
             }
             if Instant::now() >= deadline {
@@ -330,10 +467,13 @@ fn publish_http(
             }
         }
     })();
-    if result.is_none() {
-        *conn = None;
+    match result {
+        Some(o) => o,
+        None => {
+            *conn = None;
+            Outcome::Failed
+        }
     }
-    result
 }
 
 // ---------------------------------------------------------------------------
@@ -341,7 +481,9 @@ fn publish_http(
 // ---------------------------------------------------------------------------
 
 /// Where a subscriber is in each of its channels.
-struct Track {
+pub struct Track {
+    /// The node it reads from, for the per-node figures.
+    pub node: usize,
     chans: Vec<usize>,
     /// Next expected sequence number and the last id seen, per channel.
     next_seq: Vec<u64>,
@@ -350,17 +492,18 @@ struct Track {
 
 /// How the checks count what they see.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
     Stream,
     LongPoll,
     Churn,
     Poll,
     Slow,
+    Pipe,
 }
 
 impl Track {
     /// Starts at what has been published so far.
-    fn new(sh: &Shared, chans: Vec<usize>) -> Track {
+    pub fn new(sh: &Shared, chans: Vec<usize>) -> Track {
         let mut next_seq = Vec::new();
         let mut last_id = Vec::new();
         for &c in &chans {
@@ -369,6 +512,7 @@ impl Track {
             last_id.push(id);
         }
         Track {
+            node: 0,
             chans,
             next_seq,
             last_id,
@@ -376,7 +520,7 @@ impl Track {
     }
 
     /// `<name>.r<next id>/...`: resume exactly where this track is.
-    fn defs(&self, sh: &Shared) -> String {
+    pub fn defs(&self, sh: &Shared) -> String {
         self.chans
             .iter()
             .zip(&self.last_id)
@@ -385,18 +529,22 @@ impl Track {
             .join("/")
     }
 
-    fn caught_up(&self, sh: &Shared) -> bool {
+    pub fn caught_up(&self, sh: &Shared) -> bool {
         self.chans
             .iter()
             .zip(&self.next_seq)
             .all(|(&c, &next)| next > sh.channels[c].snapshot().0)
     }
 
-    fn missing(&self, sh: &Shared) -> u64 {
+    /// Acknowledged events not received yet.
+    pub fn missing(&self, sh: &Shared) -> u64 {
         self.chans
             .iter()
             .zip(&self.next_seq)
-            .map(|(&c, &next)| (sh.channels[c].snapshot().0 + 1).saturating_sub(next))
+            .map(|(&c, &next)| {
+                let ch = &sh.channels[c];
+                ch.acked_between(next, ch.snapshot().0 + 1)
+            })
             .sum()
     }
 
@@ -440,19 +588,31 @@ impl Track {
             Kind::Churn => &sh.c.deliveries_churn,
             Kind::Poll => &sh.c.deliveries_poll,
             Kind::Slow => &sh.c.deliveries_slow,
+            Kind::Pipe => &sh.c.deliveries_pipe,
         };
         inc(counter);
+        if kind != Kind::Pipe {
+            inc(&sh.nodes[self.node].deliveries);
+        }
+        let ch = &sh.channels[self.chans[i]];
         let mut expected = self.next_seq[i];
         if expected == 0 {
             // A `.b<n>` poll: the first event sets where the run starts.
             expected = seq;
         }
-        if seq > expected {
-            let missed = seq - expected;
-            if kind == Kind::Slow {
-                add(&sh.c.slow_gaps, missed);
-            } else {
-                add(&sh.c.gaps, missed);
+        if seq >= expected && ch.is_unacked(seq) {
+            inc(&sh.c.delivered_unacked);
+        }
+        let missed = if seq > expected {
+            ch.acked_between(expected, seq)
+        } else {
+            0
+        };
+        if missed > 0 {
+            match kind {
+                Kind::Slow => add(&sh.c.slow_gaps, missed),
+                Kind::Pipe => add(&sh.c.pipe_gaps, missed),
+                _ => add(&sh.c.gaps, missed),
             }
             sh.problem(format!(
                 "{who}: gap on {}: expected seq {expected}, got {seq} (id {id})",
@@ -472,18 +632,18 @@ impl Track {
 }
 
 /// Reads a streaming reply: head, then event lines, feeding `track`.
-struct StreamReader {
-    s: TcpStream,
+pub struct StreamReader {
+    pub s: TcpStream,
     buf: Vec<u8>,
     pos: usize,
     tmp: Vec<u8>,
-    head_done: bool,
+    pub head_done: bool,
     conn_last_id: u64,
     /// `eof();` arrived: the server closed us on its own initiative.
     pub farewell: bool,
 }
 
-enum Read {
+pub enum Read {
     /// Some lines were processed (or nothing arrived within a tick).
     Progress,
     Closed,
@@ -491,7 +651,7 @@ enum Read {
 }
 
 impl StreamReader {
-    fn new(s: TcpStream) -> StreamReader {
+    pub fn new(s: TcpStream) -> StreamReader {
         StreamReader {
             s,
             buf: Vec::new(),
@@ -504,7 +664,7 @@ impl StreamReader {
     }
 
     /// One read, then every complete line.
-    fn step(&mut self, sh: &Shared, who: &str, kind: Kind, track: &mut Track) -> Read {
+    pub fn step(&mut self, sh: &Shared, who: &str, kind: Kind, track: &mut Track) -> Read {
         let closed = match wire::read_some(&mut self.s, &mut self.buf, &mut self.tmp) {
             Ok(Got::Eof) => true,
             Ok(_) => false,
@@ -557,15 +717,17 @@ impl StreamReader {
 
 /// A streaming subscriber that stays connected and reads everything;
 /// reconnects (resuming with `.r<id>`) if the server closes it.
-pub fn streamer(sh: &Shared, idx: usize, chans: Vec<usize>) {
-    let who = format!("streamer {idx}");
+pub fn streamer(sh: &Shared, idx: usize, node: usize, chans: Vec<usize>) {
+    let who = format!("streamer {idx} (node {node})");
     let hostid = format!("st{idx}");
     let mut track = Track::new(sh, chans);
+    track.node = node;
+    let sub = sh.subs[node];
     'outer: while !sh.stopping() {
         if sh.draining() && track.caught_up(sh) {
             break;
         }
-        let Some(mut s) = sh.connect(sh.sub) else {
+        let Some(mut s) = sh.connect(sub) else {
             nap(Duration::from_millis(500), &sh.stop);
             continue;
         };
@@ -585,6 +747,7 @@ pub fn streamer(sh: &Shared, idx: usize, chans: Vec<usize>) {
                 Read::Progress => {}
                 Read::Closed => {
                     inc(&sh.c.wb_closed_by_server);
+                    inc(&sh.nodes[node].closed_by_server);
                     if !r.farewell {
                         inc(&sh.c.wb_closed_slow);
                     }
@@ -608,15 +771,17 @@ pub fn streamer(sh: &Shared, idx: usize, chans: Vec<usize>) {
 
 /// A long-poll subscriber: one request per event batch, resuming with
 /// `.r<next id>` on each of its channels.
-pub fn longpoller(sh: &Shared, idx: usize, chans: Vec<usize>) {
-    let who = format!("longpoller {idx}");
+pub fn longpoller(sh: &Shared, idx: usize, node: usize, chans: Vec<usize>) {
+    let who = format!("longpoller {idx} (node {node})");
     let hostid = format!("lp{idx}");
     let mut track = Track::new(sh, chans);
+    track.node = node;
+    let sub = sh.subs[node];
     while !sh.stopping() {
         if sh.draining() && track.caught_up(sh) {
             break;
         }
-        let Some(mut s) = sh.connect(sh.sub) else {
+        let Some(mut s) = sh.connect(sub) else {
             nap(Duration::from_millis(500), &sh.stop);
             continue;
         };
@@ -661,7 +826,7 @@ pub fn longpoller(sh: &Shared, idx: usize, chans: Vec<usize>) {
 /// Connects, does one short thing, leaves (politely or not), again.
 pub fn churner(sh: &Shared, idx: usize) {
     let mut rng = Rng::new(2000 + idx as u64);
-    let n = sh.channels.len() as u64;
+    let n = sh.load_channels as u64;
     let mut session = 0u64;
     while !sh.draining() {
         session += 1;
@@ -812,7 +977,7 @@ fn poll_once(sh: &Shared, who: &str, req: &str, track: &mut Track) {
 /// every channel with the smallest receive buffer; both reconnect.
 pub fn slow(sh: &Shared, idx: usize) {
     let who = format!("slow {idx}");
-    let all: Vec<usize> = (0..sh.channels.len()).collect();
+    let all: Vec<usize> = (0..sh.load_channels).collect();
     while !sh.draining() {
         let mut track = Track::new(sh, all.clone());
         let s = match wire::connect_small_rcvbuf(sh.sub) {
@@ -1020,8 +1185,7 @@ fn abuse(sh: &Shared, idx: usize, action: u64, rng: &mut Rng) -> Result<(), Stri
         10 => {
             // A whole-history reply, reset after the first bytes.
             let mut s = sh.connect(sh.sub).ok_or("connect")?;
-            let defs: Vec<String> = sh
-                .channels
+            let defs: Vec<String> = sh.channels[..sh.load_channels]
                 .iter()
                 .map(|c| format!("{}.h", c.name))
                 .collect();
@@ -1047,5 +1211,33 @@ fn abuse(sh: &Shared, idx: usize, action: u64, rng: &mut Rng) -> Result<(), Stri
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unacknowledged_events_are_not_expected() {
+        let ch = Channel::new("c".into());
+        ch.unacked.lock().unwrap().extend([3, 5, 6]);
+        assert_eq!(ch.acked_between(1, 8), 4); // 1 2 4 7
+        assert_eq!(ch.acked_between(5, 7), 0);
+        assert_eq!(ch.acked_between(7, 7), 0);
+        assert!(ch.is_unacked(5) && !ch.is_unacked(4));
+    }
+
+    #[test]
+    fn latency_quantiles() {
+        let l = Latency::default();
+        for _ in 0..99 {
+            l.record(Duration::from_micros(100));
+        }
+        l.record(Duration::from_millis(50));
+        assert_eq!(l.quantile(0.5), 128);
+        assert_eq!(l.quantile(0.99), 128);
+        assert_eq!(l.quantile(1.0), 65_536);
+        assert_eq!(l.max_us.load(Ordering::Relaxed), 50_000);
     }
 }

@@ -93,6 +93,9 @@ pub fn config_text(docroot: &Path) -> String {
          HeadTimeout 3\n\
          WriteTimeout 10\n\
          MaxControllerLineBytes 65536\n\
+         MaxCachedBytes {MAX_CACHED}\n\
+         ControllerCommandTimeout {CTL_COMMAND_TIMEOUT}\n\
+         ControllerIdleTimeout {CTL_IDLE_TIMEOUT}\n\
          [xhrinteractive]\n\
          HeaderTemplate {head}\n\
          ChannelInfoTemplate ch(\"~name~\", ~lastMsgID~);\\r\\n\n\
@@ -114,10 +117,41 @@ pub fn config_text(docroot: &Path) -> String {
          ChannelInfoTemplate ch(\"~name~\", ~lastMsgID~);\\r\\n\n\
          MessageTemplate p(~id~,\"~channel~\",\"~text~\");\\r\\n\n\
          SubscriberShutdownMsg eof();\\r\\n\n\
-         Persist 0\n",
+         Persist 0\n\
+         [iframe]\n\
+         HeaderTemplate {head}\n\
+         MessageTemplate <script>p(~id~,\"~channel~\",\"~text~\");</script>\\r\\n\n\
+         Persist 1\n\
+         [sse]\n\
+         HeaderTemplate {head}\n\
+         MessageTemplate id: ~id~\\nevent: ~channel~\\ndata: ~text:sse~\\n\\n\n\
+         Persist 1\n\
+         [fetchstream]\n\
+         HeaderTemplate {head}\n\
+         MessageTemplate {{\"id\":~id~,\"channel\":\"~channel:json~\",\"text\":\"~text:json~\"}}\\n\n\
+         Persist 1\n\
+         [jsonlongpoll]\n\
+         HeaderTemplate {head}\n\
+         MessageTemplate {{\"id\":~id~,\"channel\":\"~channel:json~\",\"text\":\"~text:json~\"}}\\n\n\
+         Persist 1\n\
+         MaxMessages 1\n\
+         [htmlesc]\n\
+         HeaderTemplate {head}\n\
+         MessageTemplate <p data-id=\"~id~\">~text:html~</p>\\r\\n\n\
+         Persist 1\n\
+         [jsesc]\n\
+         HeaderTemplate {head}\n\
+         MessageTemplate p(~id~,\"~channel:js~\",\"~text:js~\");\\r\\n\n\
+         Persist 1\n",
         docroot.display()
     )
 }
+
+/// `ControllerCommandTimeout` and `ControllerIdleTimeout` of a started server.
+pub const CTL_COMMAND_TIMEOUT: u64 = 2;
+pub const CTL_IDLE_TIMEOUT: u64 = 5;
+/// `MaxCachedBytes` of a started server.
+pub const MAX_CACHED: u64 = 32 * 1024 * 1024;
 
 fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
     let rest = &line[line.find(marker)? + marker.len()..];
