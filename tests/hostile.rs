@@ -1659,3 +1659,26 @@ fn a_controller_that_never_authenticates_is_cut_off() {
     assert!(answers.ends_with("ERR Timeout\r\n"), "{answers:?}");
     w.conn.expect_eof();
 }
+
+/// The command time limit runs for each command from its first byte: a
+/// publisher that pipelines without pause for longer than the limit, its
+/// input always ending in half a command, is never cut off.
+#[test]
+fn a_busy_pipelining_publisher_is_not_timed_out() {
+    let (s, _) = start_with(&["-ControllerCommandTimeout", "1"]);
+    let mut p = s.ctl();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    // Every piece ends in the middle of a command, for 2.5 s.
+    p.send("ADD");
+    while started.elapsed() < Duration::from_millis(2500) {
+        p.send("MESSAGE busy x\nADDMESSAGE busy y\nADD");
+        sent += 2;
+        thread::sleep(Duration::from_millis(100));
+    }
+    p.send("MESSAGE busy last\n");
+    sent += 1;
+    for id in 1..=sent {
+        assert_eq!(p.read_reply_line(), format!("OK\t{id}"));
+    }
+}

@@ -285,6 +285,8 @@ impl Controller {
             self.process(ctx);
             if self.partial.is_empty() {
                 self.partial_since = None;
+            } else {
+                self.partial_since.get_or_insert(ctx.now);
             }
             if !self.reading() {
                 continue;
@@ -357,6 +359,8 @@ impl Controller {
             }
             self.lines += 1;
             self.last_command = ctx.now;
+            // The time limit runs for each command from its first byte.
+            self.partial_since = None;
             ctx.commands_left -= 1;
             ctx.bytes_left = ctx.bytes_left.saturating_sub(nl + 1);
             if ctx.bytes_left == 0 {
@@ -461,6 +465,8 @@ impl Controller {
             self.continued = false;
             self.lines += 1;
             self.last_command = ctx.now;
+            // The time limit runs for each command from its first byte.
+            self.partial_since = None;
             ctx.commands_left -= 1;
             ctx.bytes_left = ctx.bytes_left.saturating_sub(head_len + body_len);
             if ctx.bytes_left == 0 {
