@@ -407,6 +407,11 @@ impl Channel {
         self.messages.len()
     }
 
+    /// The cached messages, oldest first (the state file's snapshot).
+    pub fn messages(&self) -> impl Iterator<Item = &Message> {
+        self.messages.iter()
+    }
+
     /// The newest cached message id, 0 when the cache is empty.
     pub fn last_id(&self) -> u64 {
         self.messages.back().map_or(0, |m| m.id)
@@ -1181,6 +1186,12 @@ impl Channels {
     /// each event (`MaxCachedBytes` bounds this).
     pub fn cached_bytes(&self) -> u64 {
         self.total.held
+    }
+
+    /// Bytes counted for cached messages alone (texts and their
+    /// bookkeeping, no rendered copies): what a snapshot of the cache takes.
+    pub fn message_bytes(&self) -> u64 {
+        self.total.held.saturating_sub(self.total.rendered)
     }
 
     /// The memory gauges for `/stats` and `/metrics`, beyond `bytes_cached`.

@@ -425,6 +425,20 @@ keys! {
         kind: Kind::Text,
         help: "[password@]host:port[/db] of the Redis that several nodes share channels through (empty: standalone)",
     };
+    STATE_FILE = Key {
+        name: "StateFile",
+        default: "",
+        scope: Scope::Global,
+        kind: Kind::Text,
+        help: "Append-only file that keeps cached events and the id counter across restarts (empty: off; not used with RedisAddress)",
+    };
+    STATE_SYNC = Key {
+        name: "StateSync",
+        default: "everysec",
+        scope: Scope::Global,
+        kind: Kind::Text,
+        help: "When the StateFile is synced to disk: always (before OK), everysec (about once a second) or no (left to the system)",
+    };
     SUBSCRIBER_DOCUMENT_ROOT = Key {
         name: "SubscriberDocumentRoot",
         default: "/usr/local/meteor/public_html",

@@ -11,7 +11,7 @@ pub mod udp;
 use crate::config::Config;
 use crate::conn::{ConnId, Reason, Step};
 use crate::http::{HttpError, head_end};
-use crate::hub::{Hub, Publish};
+use crate::hub::{Failed, Hub, Publish};
 use crate::info;
 use crate::io::{
     COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN, Io, READS_PER_TURN, read_some, write_some,
@@ -372,16 +372,21 @@ impl Controller {
         }
     }
 
-    /// Answers the oldest publish the hub answered later (`id` None: it
-    /// failed), then goes on with the requests queued behind it.
-    pub fn published(&mut self, ctx: &mut Context, id: Option<u64>) -> Step {
+    /// Answers the oldest publish the hub answered later (with its id, or
+    /// why it failed), then goes on with the requests queued behind it.
+    pub fn published(&mut self, ctx: &mut Context, id: Result<u64, Failed>) -> Step {
         match (self.awaiting.pop_front(), id) {
-            (Some(Awaiting::Line), Some(id)) => {
+            (Some(Awaiting::Line), Ok(id)) => {
                 let _ = write!(self.out, "OK\t{id}\r\n");
             }
-            (Some(Awaiting::Line), None) => self.reply(ctx.stats, b"ERR Backend unavailable\r\n"),
+            (Some(Awaiting::Line), Err(Failed::Backend)) => {
+                self.reply(ctx.stats, b"ERR Backend unavailable\r\n")
+            }
+            (Some(Awaiting::Line), Err(Failed::Storage)) => {
+                self.reply(ctx.stats, b"ERR Storage unavailable\r\n")
+            }
             (Some(Awaiting::Http { cors, close }), id) => {
-                if id.is_none() {
+                if id.is_err() {
                     ctx.stats.errors_served += 1;
                 }
                 self.out
@@ -575,6 +580,9 @@ impl Controller {
                     }
                     Publish::Pending => self.awaiting.push_back(Awaiting::Line),
                     Publish::Unavailable => self.reply(ctx.stats, b"ERR Backend unavailable\r\n"),
+                    Publish::StorageUnavailable => {
+                        self.reply(ctx.stats, b"ERR Storage unavailable\r\n")
+                    }
                     // MaxChannels or MaxCachedBytes: ERR <reason>.
                     Publish::Refused(refused) => {
                         self.reply(ctx.stats, format!("ERR {refused}\r\n").as_bytes())

@@ -15,7 +15,8 @@ use crate::config::{Config, RawSettings};
 use crate::conn::{ConnId, Reason, Step};
 use crate::controller::{self, auth::AuthFailures};
 use crate::deadline::Deadlines;
-use crate::hub::Hub;
+use crate::hub::{Failed, Hub};
+use crate::state_file::StateFile;
 use crate::io::SCRATCH_BYTES;
 use crate::stats::Stats;
 use crate::subscriber::{self, documents::Documents, stream::Hosts};
@@ -115,7 +116,6 @@ impl Server {
         // Signals first: from the moment the ports are announced, a signal
         // must reach the loop instead of its default action.
         let signals = Signals::register(&poll, &mut conns)?;
-        let listeners = accept::listen(&poll, &mut conns, &config)?;
         let max_subscribers = accept::max_subscribers(&config, fd_limit);
         info!(
             "open-file limit {fd_limit}: up to {max_subscribers} subscribers and {} controllers at once",
@@ -132,17 +132,33 @@ impl Server {
             );
             Cluster::new(settings, node, Instant::now())
         });
-        let channels = Channels::with_bounds(
+        let mut channels = Channels::with_bounds(
             config.max_messages_per_channel,
             config.max_message_age,
             config.max_cached_bytes,
             config.max_channels,
         );
+        let state = match (&config.state_file, &config.redis) {
+            (Some(path), Some(_)) => {
+                info!(
+                    "RedisAddress is set: Redis is the store, the state file {} is not used",
+                    path.display()
+                );
+                None
+            }
+            (Some(path), None) => Some(
+                StateFile::open(path, config.state_sync, &mut channels, unix_ms())
+                    .map_err(io::Error::other)?,
+            ),
+            (None, _) => None,
+        };
+        // Listen once the channels are back: no client sees them half read.
+        let listeners = accept::listen(&poll, &mut conns, &config)?;
         Ok(Server {
             poll,
             conns,
             world: World {
-                hub: Hub::new(channels, cluster),
+                hub: Hub::new(channels, cluster).with_state(state),
                 stats: Stats::default(),
                 docs: Documents::from_config(&config),
                 config,
@@ -172,10 +188,12 @@ impl Server {
             if let Some(until) = self.draining_until {
                 let left = self.conns.clients().len();
                 if left == 0 {
+                    self.world.hub.close_state();
                     info!("shutdown complete");
                     return 0;
                 }
                 if Instant::now() >= until {
+                    self.world.hub.close_state();
                     info!("shutdown: giving up with {left} connections still draining");
                     return 1;
                 }
@@ -187,6 +205,7 @@ impl Server {
                     continue;
                 }
                 info!("poll failed: {e}; exiting");
+                self.world.hub.close_state();
                 return 1;
             }
             for event in events.iter() {
@@ -308,6 +327,10 @@ impl Server {
                 self.drive(id, true, false);
             }
         }
+        // This turn's events reach the state file before subscribers see
+        // them; their publishers hear OK after.
+        self.world.hub.persist(Instant::now());
+        self.answer_stored();
         let mut dirty = Vec::new();
         self.world.hub.channels.take_dirty(&mut dirty);
         let mut readers = std::mem::take(&mut self.fanout);
@@ -341,7 +364,8 @@ impl Server {
                         continue;
                     };
                     if let Conn::Controller(c) = &mut slot.conn {
-                        let step = c.published(&mut self.world.controller(to), id);
+                        let answer = id.ok_or(Failed::Backend);
+                        let step = c.published(&mut self.world.controller(to), answer);
                         self.after(to, step);
                     }
                 }
@@ -357,6 +381,20 @@ impl Server {
                         }
                     }
                 }
+            }
+        }
+        self.run_kicks();
+    }
+
+    /// Hands publishers the answers that waited for the state file.
+    fn answer_stored(&mut self) {
+        for (to, answer) in self.world.hub.take_stored() {
+            let Some(slot) = self.conns.get(to) else {
+                continue;
+            };
+            if let Conn::Controller(c) = &mut slot.conn {
+                let step = c.published(&mut self.world.controller(to), answer);
+                self.after(to, step);
             }
         }
         self.run_kicks();
