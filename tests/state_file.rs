@@ -119,8 +119,7 @@ fn steady_load(server: &Server, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec
         while !stop.load(Ordering::SeqCst) {
             let channel = format!("ch{}", n % 3);
             let text = format!("event-{n}");
-            if s
-                .write_all(format!("ADDMESSAGE {channel} {text}\n").as_bytes())
+            if s.write_all(format!("ADDMESSAGE {channel} {text}\n").as_bytes())
                 .is_err()
             {
                 break;
@@ -190,9 +189,10 @@ fn kill_9_with_always_keeps_every_acknowledged_event() {
     let highest = back.keys().last().copied().unwrap_or(0);
     let next = s2.ctl().add("ch0", "after");
     assert!(next > highest, "next id {next} not above {highest}");
-    assert!(s2
-        .wait_log(WAIT, |l| l.contains("restored") && l.contains("events"))
-        .is_some());
+    assert!(
+        s2.wait_log(WAIT, |l| l.contains("restored") && l.contains("events"))
+            .is_some()
+    );
 }
 
 #[test]
@@ -207,9 +207,7 @@ fn kill_9_with_everysec_loses_nothing_acknowledged_a_second_before() {
     for (at, id, ch, text) in &acked {
         match back.get(id) {
             Some(got) => assert_eq!(got, &(ch.clone(), text.clone()), "event {id} changed"),
-            None if killed.duration_since(*at) < Duration::from_millis(1200) => {
-                missing_recent += 1
-            }
+            None if killed.duration_since(*at) < Duration::from_millis(1200) => missing_recent += 1,
             None => panic!("event {id} acknowledged over a second before the kill is missing"),
         }
     }
@@ -244,7 +242,11 @@ fn sigterm_and_restart_resume_streams_with_no_gap_and_no_duplicate() {
         while got.len() < want {
             let line = sub.read_until(b"\n", WAIT).expect("event line");
             let line = String::from_utf8_lossy(&line).into_owned();
-            let id: u64 = line.split(':').next().and_then(|x| x.parse().ok()).expect("id");
+            let id: u64 = line
+                .split(':')
+                .next()
+                .and_then(|x| x.parse().ok())
+                .expect("id");
             got.push(id);
         }
         seen.push(got);
@@ -264,11 +266,16 @@ fn sigterm_and_restart_resume_streams_with_no_gap_and_no_duplicate() {
         let body = String::from_utf8_lossy(&c.read_to_end(WAIT)).into_owned();
         let rest = body.strip_prefix(HDR_OK).expect("header");
         let mut ids = got.clone();
-        ids.extend(
-            rest.lines()
-                .map(|l| l.split(':').next().and_then(|x| x.parse::<u64>().ok()).expect("id")),
+        ids.extend(rest.lines().map(|l| {
+            l.split(':')
+                .next()
+                .and_then(|x| x.parse::<u64>().ok())
+                .expect("id")
+        }));
+        assert_eq!(
+            ids, all,
+            "subscriber {i}: gap or duplicate across the restart"
         );
-        assert_eq!(ids, all, "subscriber {i}: gap or duplicate across the restart");
     }
 }
 
@@ -292,14 +299,20 @@ fn a_torn_tail_is_cut_and_logged() {
     // reservation, 17 bytes) and into the last event.
     let len = std::fs::metadata(&path).expect("size").len();
     let cut = len - 17 - 3;
-    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
     f.set_len(cut).expect("truncate");
     drop(f);
     let s = start(&path, "always", &[]);
     let log = s
         .wait_log(WAIT, |l| l.contains("dropped") && l.contains("bytes"))
         .expect("a log line saying what was dropped");
-    assert!(log.contains(" 17 bytes") || log.contains("dropped"), "{log}");
+    assert!(
+        log.contains(" 17 bytes") || log.contains("dropped"),
+        "{log}"
+    );
     let back: Vec<u64> = cached(&s, "a").into_iter().map(|e| e.0).collect();
     assert_eq!(back, ids[..4].to_vec());
     assert!(s.ctl().add("a", "next") > ids[4], "an id was reused");
@@ -310,7 +323,10 @@ fn garbage_appended_is_dropped_with_a_log_line() {
     let dir = TempDir::new("state-garbage");
     let path = dir.join("meteord.state");
     let ids = fill(&path, "g", 4);
-    let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open");
     f.write_all(b"\x10\x00\x00\x00garbage that is not a record at all")
         .expect("append");
     drop(f);
@@ -337,7 +353,11 @@ fn an_empty_file_starts_fresh() {
     std::fs::write(&path, b"").expect("write");
     let s = start(&path, "always", &[]);
     assert_eq!(s.ctl().add("x", "first"), 1);
-    assert!(std::fs::read(&path).expect("read").starts_with(b"METEORD-STATE 1\n"));
+    assert!(
+        std::fs::read(&path)
+            .expect("read")
+            .starts_with(b"METEORD-STATE 1\n")
+    );
 }
 
 #[test]
@@ -443,7 +463,7 @@ fn with_redis_the_state_file_is_not_used() {
     let dir = TempDir::new("state-redis");
     let path = dir.join("meteord.state");
     let redis = fake_redis::FakeRedis::start();
-    let addr = redis.addr().to_string();
+    let addr = redis.addr.to_string();
     let s = start(&path, "always", &["-RedisAddress", &addr]);
     assert!(
         s.wait_log(WAIT, |l| l.contains("state file") && l.contains("not used"))
@@ -510,8 +530,11 @@ fn disk_full(sync: &str) {
     assert_eq!(failures, 1, "logged once");
     // Room again: the server retries by itself.
     limit_file_size(&s, libc::RLIM_INFINITY);
-    assert!(s.wait_log(WAIT, |l| l.contains("works again")).is_some());
-    assert_eq!(stat(&s, "state_file_failing"), 0);
+    assert!(
+        s.wait_log(WAIT, |l| l.contains("writing works again"))
+            .is_some()
+    );
+    assert_eq!(stat(&s, "state_file_failing"), 0, "{}", s.logs().join("\n"));
     let after = ctl.add("full", "after");
     acked.push(after);
     drop(ctl);

@@ -152,7 +152,8 @@ impl StateFile {
         if !meta.is_file() {
             return Err(format!("StateFile {}: not a regular file", path.display()));
         }
-        lock(&file).map_err(|e| context(path, "cannot lock it (is another meteord using it?)", e))?;
+        lock(&file)
+            .map_err(|e| context(path, "cannot lock it (is another meteord using it?)", e))?;
         let found = replay::replay(&file, meta.len(), channels, now_ms).map_err(|e| match e {
             replay::NotState::WrongMagic => format!(
                 "StateFile {}: not a state file (it does not start with {:?}); refusing to use it",
@@ -408,9 +409,9 @@ impl StateFile {
         let rewrite = rewrite || self.failing.as_ref().is_some_and(|f| f.rewrite);
         if self.failing.is_none() {
             let consequence = if self.promises_sync() {
-                "publishes get ERR Storage unavailable until it works again"
+                "publishes get ERR Storage unavailable until the file can be written again"
             } else {
-                "events are kept in memory only until it works again"
+                "events are kept in memory only until the file can be written again"
             };
             info!(
                 "state file {}: {what} failed: {e}; {consequence}; retrying every {} s",
@@ -462,7 +463,10 @@ impl StateFile {
                 self.path.display(),
                 self.len
             ),
-            Err(e) => info!("state file {}: final write failed: {e}", self.path.display()),
+            Err(e) => info!(
+                "state file {}: final write failed: {e}",
+                self.path.display()
+            ),
         }
     }
 
