@@ -375,6 +375,27 @@ impl Controller {
     /// Answers the oldest publish the hub answered later (with its id, or
     /// why it failed), then goes on with the requests queued behind it.
     pub fn published(&mut self, ctx: &mut Context, id: Result<u64, Failed>) -> Step {
+        self.published_all(ctx, &[id])
+    }
+
+    /// `published` for several answers in a row, with one write after.
+    pub fn published_all(&mut self, ctx: &mut Context, ids: &[Result<u64, Failed>]) -> Step {
+        let mut answered = false;
+        for &id in ids {
+            answered |= self.answer_published(ctx, id);
+        }
+        if !answered {
+            return Step::Wait;
+        }
+        if self.awaiting.is_empty() {
+            self.process(ctx);
+        }
+        self.ready(ctx)
+    }
+
+    /// Queues the reply to the oldest publish awaiting one; false when
+    /// none was awaited.
+    fn answer_published(&mut self, ctx: &mut Context, id: Result<u64, Failed>) -> bool {
         match (self.awaiting.pop_front(), id) {
             (Some(Awaiting::Line), Ok(id)) => {
                 let _ = write!(self.out, "OK\t{id}\r\n");
@@ -395,12 +416,9 @@ impl Controller {
                     self.phase = Phase::Closing(Reason::ResponseComplete);
                 }
             }
-            (None, _) => return Step::Wait,
+            (None, _) => return false,
         }
-        if self.awaiting.is_empty() {
-            self.process(ctx);
-        }
-        self.ready(ctx)
+        true
     }
 
     /// The close hook: counts and logs.

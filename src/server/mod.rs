@@ -388,12 +388,18 @@ impl Server {
 
     /// Hands publishers the answers that waited for the state file.
     fn answer_stored(&mut self) {
-        for (to, answer) in self.world.hub.take_stored() {
+        let stored = self.world.hub.take_stored();
+        let mut answers = Vec::new();
+        // A publisher's answers are consecutive: one write for each run.
+        for run in stored.chunk_by(|a, b| a.0 == b.0) {
+            let to = run[0].0;
             let Some(slot) = self.conns.get(to) else {
                 continue;
             };
             if let Conn::Controller(c) = &mut slot.conn {
-                let step = c.published(&mut self.world.controller(to), answer);
+                answers.clear();
+                answers.extend(run.iter().map(|a| a.1));
+                let step = c.published_all(&mut self.world.controller(to), &answers);
                 self.after(to, step);
             }
         }
