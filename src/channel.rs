@@ -984,6 +984,20 @@ impl Channels {
         }
     }
 
+    /// Drops every cached message with an id up to `id` (a SIGUSR1 read
+    /// back from the state file).
+    pub fn clear_through(&mut self, id: u64) {
+        let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let before = self.usage_of(key);
+            self.slab[key].pop_messages_while(|m, _| m.id <= id);
+            self.slab[key].trim_streams();
+            self.settle(key, before);
+            self.index_expiry(key);
+            self.remove_if_unused(key);
+        }
+    }
+
     /// Applies new cache limits (configuration reload) to every channel.
     pub fn set_limits(&mut self, max_per_channel: usize, max_age: u64) {
         self.max_per_channel = max_per_channel;

@@ -34,7 +34,7 @@ pub const RESERVE_BLOCK: u64 = 100_000;
 const RETRY: Duration = Duration::from_secs(1);
 /// How long after a failed compaction (with the file itself fine) the
 /// next is tried.
-const COMPACT_RETRY: Duration = Duration::from_secs(10);
+pub(crate) const COMPACT_RETRY: Duration = Duration::from_secs(10);
 /// `everysec`: the longest a written record stays unsynced.
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// The file is compacted once it is larger than twice what the cache
@@ -92,6 +92,8 @@ pub struct StateFile {
     failing: Option<Failing>,
     /// A compaction failed: not before this.
     compact_after: Option<Instant>,
+    /// A compaction under way, a slice per turn.
+    compaction: Option<compact::Compaction>,
     pub counters: Counters,
 }
 
@@ -203,6 +205,7 @@ impl StateFile {
             base: 0,
             failing: None,
             compact_after: None,
+            compaction: None,
             counters: Counters::default(),
         };
         if state.len == 0 {
@@ -237,16 +240,34 @@ impl StateFile {
         self.reserved = up_to;
     }
 
-    /// Writes what is buffered and syncs, now (start-up, a reservation
-    /// needed in the middle of a turn, shutdown).
-    fn write_and_sync(&mut self) -> io::Result<()> {
-        let result = write_all(&self.file, &self.buf);
-        if let Err(e) = result {
-            let _ = self.file.set_len(self.len);
-            return Err(e);
+    /// Writes what is buffered (also into a compaction's tail); on
+    /// failure cuts what part of it made it, and says whether that worked.
+    fn append(&mut self) -> Result<(), (io::Error, bool)> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = write_all(&self.file, &self.buf) {
+            // The next attempt writes the records whole after the last
+            // complete one.
+            let cut = self.file.set_len(self.len).is_ok();
+            return Err((e, cut));
+        }
+        if let Some(c) = self.compaction.as_mut() {
+            c.tail.extend_from_slice(&self.buf);
         }
         self.len += self.buf.len() as u64;
         self.buf.clear();
+        if self.buf.capacity() > MAX_BUFFERED {
+            self.buf = Vec::new();
+        }
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Writes what is buffered and syncs, now (start-up, a reservation
+    /// needed in the middle of a turn, shutdown).
+    fn write_and_sync(&mut self) -> io::Result<()> {
+        self.append().map_err(|(e, _)| e)?;
         self.sync_file()
     }
 
@@ -319,7 +340,7 @@ impl StateFile {
         if let Some(failing) = &self.failing {
             return Some(failing.retry_at);
         }
-        if !self.buf.is_empty() {
+        if !self.buf.is_empty() || self.compaction.is_some() {
             return Some(Instant::now());
         }
         (self.unsynced && self.sync == StateSync::EverySec)
@@ -358,20 +379,9 @@ impl StateFile {
                 };
             }
         }
-        if !self.buf.is_empty() {
-            if let Err(e) = write_all(&self.file, &self.buf) {
-                // Cut what part of the records made it: the next attempt
-                // writes them whole after the last complete one.
-                let cut = self.file.set_len(self.len);
-                self.fail(now, "write", &e, cut.is_err());
-                return false;
-            }
-            self.len += self.buf.len() as u64;
-            self.buf.clear();
-            if self.buf.capacity() > MAX_BUFFERED {
-                self.buf = Vec::new();
-            }
-            self.unsynced = true;
+        if let Err((e, cut)) = self.append() {
+            self.fail(now, "write", &e, !cut);
+            return false;
         }
         let due = match self.sync {
             StateSync::Always => self.unsynced,
@@ -406,6 +416,7 @@ impl StateFile {
     /// it works again, retried in a second.
     fn fail(&mut self, now: Instant, what: &str, e: &io::Error, rewrite: bool) {
         self.counters.write_errors += 1;
+        self.abort_compaction();
         let rewrite = rewrite || self.failing.as_ref().is_some_and(|f| f.rewrite);
         if self.failing.is_none() {
             let consequence = if self.promises_sync() {
@@ -427,14 +438,18 @@ impl StateFile {
 
     /// Compacts when the file is larger than twice what the cache holds
     /// (or what the last compaction wrote) plus `COMPACT_SLACK`.
+    /// Goes on with a compaction under way, a slice per turn.
     fn maybe_compact(&mut self, channels: &Channels, now: Instant) {
+        if self.compaction.is_some() {
+            return self.step_compaction(channels, now);
+        }
         let live = channels.message_bytes().max(self.base);
         if self.len <= live.saturating_mul(2).saturating_add(COMPACT_SLACK)
             || self.compact_after.is_some_and(|t| now < t)
         {
             return;
         }
-        if let Err(e) = self.compact(channels, now) {
+        if let Err(e) = self.start_compaction() {
             self.counters.write_errors += 1;
             self.compact_after = Some(now + COMPACT_RETRY);
             info!(
@@ -448,6 +463,7 @@ impl StateFile {
     /// At exit: writes what is left, gives back the ids reserved but not
     /// used, and syncs whatever `StateSync` says (a clean stop loses nothing).
     pub fn close(&mut self, last_id: u64) {
+        self.abort_compaction();
         if self.failing.is_some() {
             info!(
                 "state file {}: still failing at exit; events since the failure are lost",

@@ -118,8 +118,9 @@ pub fn replay(
             Record::Reserve(id) => found.reserved = id,
             Record::Clear(through) => {
                 found.highest_id = found.highest_id.max(through);
-                // Records come in id order: everything cached so far.
-                channels.clear_caches();
+                // Only up to its id: a compacted file may hold newer
+                // events of some channels before it.
+                channels.clear_through(through);
             }
         }
         found.records += 1;
