@@ -561,3 +561,42 @@ fn disk_full_with_everysec_serves_from_memory() {
 fn disk_full_with_no_serves_from_memory() {
     disk_full("no");
 }
+
+#[test]
+fn a_compaction_over_several_turns_keeps_events_published_meanwhile() {
+    let dir = TempDir::new("state-compact-turns");
+    let path = dir.join("meteord.state");
+    let args = ["-MaxMessagesPerChannel", "1500", "-MaxCachedBytes", "0"];
+    let mut s = start(&path, "everysec", &args);
+    let mut ctl = s.ctl();
+    let pad = "p".repeat(1000);
+    let mut acked: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    let mut compacted_at = None;
+    for round in 0..200 {
+        for ch in ["a", "b", "c"] {
+            let texts: Vec<String> = (0..50).map(|i| format!("{round}-{i}-{pad}")).collect();
+            let ids = ctl.add_many(ch, &texts);
+            acked
+                .entry(ch.to_owned())
+                .or_default()
+                .extend(ids.into_iter().zip(texts));
+        }
+        if compacted_at.is_none() && s.logs().iter().any(|l| l.contains("compacted from")) {
+            compacted_at = Some(round);
+        }
+        if compacted_at.is_some_and(|r| round > r + 3) {
+            break;
+        }
+    }
+    let log = s
+        .wait_log(WAIT, |l| l.contains("compacted from"))
+        .expect("a compaction");
+    assert!(log.contains("longest loop turn"), "{log}");
+    drop(ctl);
+    kill9(&mut s);
+    let s = start(&path, "everysec", &args);
+    for (ch, events) in &acked {
+        let want = events[events.len().saturating_sub(1500)..].to_vec();
+        assert_eq!(cached(&s, ch), want, "channel {ch}");
+    }
+}
