@@ -84,7 +84,7 @@ def main():
         for line in proc.stderr:
             line = line.rstrip()
             if "restored" in line or "compacted" in line:
-                print(line)
+                print(line, flush=True)
             m = re.search(r"listening for controllers on (\S+)", line)
             if m:
                 host, port = m.group(1).rsplit(":", 1)
