@@ -600,3 +600,20 @@ fn a_compaction_over_several_turns_keeps_events_published_meanwhile() {
         assert_eq!(cached(&s, ch), want, "channel {ch}");
     }
 }
+
+#[test]
+fn an_unknown_state_sync_stops_the_server() {
+    let r = run_meteord(
+        &[
+            "-ConfigFileLocation",
+            "/dev/null",
+            "-SyslogFacility",
+            "none",
+            "-StateSync",
+            "sometimes",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("StateSync"), "{}", r.stderr);
+}
