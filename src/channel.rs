@@ -407,6 +407,11 @@ impl Channel {
         self.messages.len()
     }
 
+    /// The cached messages, oldest first (the state file's snapshot).
+    pub fn messages(&self) -> impl Iterator<Item = &Message> {
+        self.messages.iter()
+    }
+
     /// The newest cached message id, 0 when the cache is empty.
     pub fn last_id(&self) -> u64 {
         self.messages.back().map_or(0, |m| m.id)
@@ -979,6 +984,20 @@ impl Channels {
         }
     }
 
+    /// Drops every cached message with an id up to `id` (a SIGUSR1 read
+    /// back from the state file).
+    pub fn clear_through(&mut self, id: u64) {
+        let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let before = self.usage_of(key);
+            self.slab[key].pop_messages_while(|m, _| m.id <= id);
+            self.slab[key].trim_streams();
+            self.settle(key, before);
+            self.index_expiry(key);
+            self.remove_if_unused(key);
+        }
+    }
+
     /// Applies new cache limits (configuration reload) to every channel.
     pub fn set_limits(&mut self, max_per_channel: usize, max_age: u64) {
         self.max_per_channel = max_per_channel;
@@ -1181,6 +1200,12 @@ impl Channels {
     /// each event (`MaxCachedBytes` bounds this).
     pub fn cached_bytes(&self) -> u64 {
         self.total.held
+    }
+
+    /// Bytes counted for cached messages alone (texts and their
+    /// bookkeeping, no rendered copies): what a snapshot of the cache takes.
+    pub fn message_bytes(&self) -> u64 {
+        self.total.held.saturating_sub(self.total.rendered)
     }
 
     /// The memory gauges for `/stats` and `/metrics`, beyond `bytes_cached`.

@@ -14,6 +14,7 @@ pub mod io;
 pub mod log;
 pub mod process;
 pub mod server;
+pub mod state_file;
 pub mod stats;
 pub mod subscriber;
 pub mod template;

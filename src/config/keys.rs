@@ -439,6 +439,20 @@ keys! {
         kind: seconds(1),
         help: "Seconds Redis may leave a reply due with nothing received before the node treats it as down: waiting publishes get ERR Backend unavailable, the node reconnects and back-fills",
     };
+    STATE_FILE = Key {
+        name: "StateFile",
+        default: "",
+        scope: Scope::Global,
+        kind: Kind::Text,
+        help: "Append-only file that keeps cached events and the id counter across restarts (empty: off; not used with RedisAddress)",
+    };
+    STATE_SYNC = Key {
+        name: "StateSync",
+        default: "everysec",
+        scope: Scope::Global,
+        kind: Kind::Text,
+        help: "When the StateFile is synced to disk: always (before OK), everysec (about once a second) or no (left to the system)",
+    };
     SUBSCRIBER_DOCUMENT_ROOT = Key {
         name: "SubscriberDocumentRoot",
         default: "/usr/local/meteor/public_html",

@@ -181,10 +181,25 @@ pub struct Config {
     pub redis_timeout: u64,
     /// `RedisMaxPending`: publishes waiting for Redis at most.
     pub redis_max_pending: usize,
+    /// `StateFile`; None when empty (off).
+    pub state_file: Option<PathBuf>,
+    /// `StateSync`.
+    pub state_sync: StateSync,
     pub global_mode: Rc<Mode>,
     pub modes: HashMap<String, Rc<Mode>>,
     /// Warnings found while loading (e.g. PingInterval 1), logged by the caller.
     pub warnings: Vec<String>,
+}
+
+/// `StateSync`: when the state file reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateSync {
+    /// Synced before a publisher hears OK.
+    Always,
+    /// Synced about once a second.
+    EverySec,
+    /// Left to the operating system.
+    No,
 }
 
 /// Reads typed values out of merged raw settings, naming the key in errors.
@@ -383,7 +398,23 @@ impl Config {
                 IpAddr::V6(ip) => format!("[{ip}]"),
             });
         }
+        let state_sync = match r.string(&STATE_SYNC, None)?.trim() {
+            "always" => StateSync::Always,
+            "everysec" => StateSync::EverySec,
+            "no" => StateSync::No,
+            other => {
+                return Err(error(format!(
+                    "{}: '{other}' is not always, everysec or no",
+                    STATE_SYNC.name
+                )));
+            }
+        };
+        let state_file = Some(r.string(&STATE_FILE, None)?)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
         Ok(Config {
+            state_file,
+            state_sync,
             controller_hosts,
             file,
             subscriber_addr: SocketAddr::new(

@@ -7,7 +7,7 @@ use super::Context;
 use super::commands::same_secret;
 use crate::channel::PublishRefused;
 use crate::http::{self, HttpError, cors_lines};
-use crate::hub::Publish;
+use crate::hub::{Failed, Publish};
 use crate::template::Escape;
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -260,22 +260,26 @@ pub enum Answer {
     },
 }
 
-/// The response to a publish Redis answered (`id` None: it failed).
-pub fn published(id: Option<u64>, cors: &str, close: bool) -> Vec<u8> {
+/// The response to a publish answered later (by Redis, or once the state
+/// file was written).
+pub fn published(id: Result<u64, Failed>, cors: &str, close: bool) -> Vec<u8> {
     match id {
-        Some(id) => response(
+        Ok(id) => response(
             "200 OK",
             "application/json",
             &format!("{{\"id\":{id}}}\n"),
             cors,
             close,
         ),
-        None => unavailable(cors, close),
+        Err(failed) => unavailable(failed, cors, close),
     }
 }
 
-fn unavailable(cors: &str, close: bool) -> Vec<u8> {
-    let body = "503 Service Unavailable: backend unavailable\n";
+fn unavailable(failed: Failed, cors: &str, close: bool) -> Vec<u8> {
+    let body = match failed {
+        Failed::Backend => "503 Service Unavailable: backend unavailable\n",
+        Failed::Storage => "503 Service Unavailable: storage unavailable\n",
+    };
     response(
         "503 Service Unavailable",
         "text/plain; charset=utf-8",
@@ -443,9 +447,9 @@ fn respond_now(
         Endpoint::Publish(channel) => match publish(channel, body, ctx) {
             Published::Now(id) => (json, format!("{{\"id\":{id}}}\n")),
             Published::Later => return Err(Answer::Later { cors }),
-            Published::Unavailable => {
+            Published::Unavailable(failed) => {
                 ctx.stats.errors_served += 1;
-                return Ok((unavailable(&cors, close), close));
+                return Ok((unavailable(failed, &cors, close), close));
             }
             Published::Refused(refused) => {
                 ctx.stats.errors_served += 1;
@@ -471,8 +475,8 @@ enum Published {
     Now(u64),
     /// Answered later by the hub.
     Later,
-    /// The backend is not reachable.
-    Unavailable,
+    /// The backend is not reachable, or the state file not writable.
+    Unavailable(Failed),
     /// Over a memory bound: 507.
     Refused(PublishRefused),
 }
@@ -487,7 +491,8 @@ fn publish(channel: &str, body: &[u8], ctx: &mut Context) -> Published {
     ) {
         Publish::Done(id) => Published::Now(id),
         Publish::Pending => Published::Later,
-        Publish::Unavailable => Published::Unavailable,
+        Publish::Unavailable => Published::Unavailable(Failed::Backend),
+        Publish::StorageUnavailable => Published::Unavailable(Failed::Storage),
         Publish::Refused(refused) => Published::Refused(refused),
     }
 }
@@ -529,12 +534,15 @@ fn stats(ctx: &Context) -> String {
         ctx.hub.channels.cached_bytes(),
         ctx.document_cache_bytes
     );
-    // Memory bounds: gauges, then counters.
+    // Memory bounds: gauges, then counters; then the state file's.
     let channels = &ctx.hub.channels;
+    let (state_gauges, state_counters) = ctx.hub.state_figures();
     for (name, value) in channels
         .memory_gauges()
         .into_iter()
         .chain(channels.memory_counters())
+        .chain(state_gauges)
+        .chain(state_counters)
     {
         let _ = write!(out, ",\"{name}\":{value}");
     }
@@ -619,6 +627,16 @@ fn metrics(ctx: &Context) -> String {
     }
     for (name, value) in ctx.hub.channels.memory_counters() {
         let help = format!("Memory bounds: {name}.");
+        let name = format!("{name}_total");
+        metric(&mut out, &name, "counter", &help, &[("", value)]);
+    }
+    let (state_gauges, state_counters) = ctx.hub.state_figures();
+    for (name, value) in state_gauges {
+        let help = format!("State file: {name}.");
+        metric(&mut out, name, "gauge", &help, &[("", value)]);
+    }
+    for (name, value) in state_counters {
+        let help = format!("State file: {name}.");
         let name = format!("{name}_total");
         metric(&mut out, &name, "counter", &help, &[("", value)]);
     }

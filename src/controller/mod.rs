@@ -11,7 +11,7 @@ pub mod udp;
 use crate::config::Config;
 use crate::conn::{ConnId, Reason, Step};
 use crate::http::{HttpError, head_end};
-use crate::hub::{Hub, Publish};
+use crate::hub::{Failed, Hub, Publish};
 use crate::info;
 use crate::io::{
     COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN, Io, READS_PER_TURN, read_some, write_some,
@@ -386,16 +386,42 @@ impl Controller {
         }
     }
 
-    /// Answers the oldest publish the hub answered later (`id` None: it
-    /// failed), then goes on with the requests queued behind it.
-    pub fn published(&mut self, ctx: &mut Context, id: Option<u64>) -> Step {
+    /// Answers the oldest publish the hub answered later (with its id, or
+    /// why it failed), then goes on with the requests queued behind it.
+    pub fn published(&mut self, ctx: &mut Context, id: Result<u64, Failed>) -> Step {
+        self.published_all(ctx, &[id])
+    }
+
+    /// `published` for several answers in a row, with one write after.
+    pub fn published_all(&mut self, ctx: &mut Context, ids: &[Result<u64, Failed>]) -> Step {
+        let mut answered = false;
+        for &id in ids {
+            answered |= self.answer_published(ctx, id);
+        }
+        if !answered {
+            return Step::Wait;
+        }
+        if self.awaiting.is_empty() {
+            self.process(ctx);
+        }
+        self.ready(ctx)
+    }
+
+    /// Queues the reply to the oldest publish awaiting one; false when
+    /// none was awaited.
+    fn answer_published(&mut self, ctx: &mut Context, id: Result<u64, Failed>) -> bool {
         match (self.awaiting.pop_front(), id) {
-            (Some(Awaiting::Line), Some(id)) => {
+            (Some(Awaiting::Line), Ok(id)) => {
                 let _ = write!(self.out, "OK\t{id}\r\n");
             }
-            (Some(Awaiting::Line), None) => self.reply(ctx.stats, b"ERR Backend unavailable\r\n"),
+            (Some(Awaiting::Line), Err(Failed::Backend)) => {
+                self.reply(ctx.stats, b"ERR Backend unavailable\r\n")
+            }
+            (Some(Awaiting::Line), Err(Failed::Storage)) => {
+                self.reply(ctx.stats, b"ERR Storage unavailable\r\n")
+            }
             (Some(Awaiting::Http { cors, close }), id) => {
-                if id.is_none() {
+                if id.is_err() {
                     ctx.stats.errors_served += 1;
                 }
                 self.out
@@ -404,12 +430,9 @@ impl Controller {
                     self.phase = Phase::Closing(Reason::ResponseComplete);
                 }
             }
-            (None, _) => return Step::Wait,
+            (None, _) => return false,
         }
-        if self.awaiting.is_empty() {
-            self.process(ctx);
-        }
-        self.ready(ctx)
+        true
     }
 
     /// The close hook: counts and logs.
@@ -591,6 +614,9 @@ impl Controller {
                     }
                     Publish::Pending => self.awaiting.push_back(Awaiting::Line),
                     Publish::Unavailable => self.reply(ctx.stats, b"ERR Backend unavailable\r\n"),
+                    Publish::StorageUnavailable => {
+                        self.reply(ctx.stats, b"ERR Storage unavailable\r\n")
+                    }
                     // MaxChannels or MaxCachedBytes: ERR <reason>.
                     Publish::Refused(refused) => {
                         self.reply(ctx.stats, format!("ERR {refused}\r\n").as_bytes())

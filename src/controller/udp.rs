@@ -42,6 +42,9 @@ pub fn receive(socket: &UdpSocket, ctx: &mut Context) -> Step {
                     Publish::Unavailable => {
                         info!("{peer}: UDP publish dropped: the backend is unavailable")
                     }
+                    Publish::StorageUnavailable => {
+                        info!("{peer}: UDP publish dropped: the state file cannot be written")
+                    }
                     Publish::Refused(refused) => info!("{peer}: UDP publish refused: {refused}"),
                 }
             }

@@ -15,8 +15,9 @@ use crate::config::{Config, RawSettings};
 use crate::conn::{ConnId, Reason, Step};
 use crate::controller::{self, auth::AuthFailures};
 use crate::deadline::Deadlines;
-use crate::hub::Hub;
+use crate::hub::{Failed, Hub};
 use crate::io::SCRATCH_BYTES;
+use crate::state_file::StateFile;
 use crate::stats::Stats;
 use crate::subscriber::{self, documents::Documents, stream::Hosts};
 use crate::{info, log};
@@ -116,7 +117,6 @@ impl Server {
         // Signals first: from the moment the ports are announced, a signal
         // must reach the loop instead of its default action.
         let signals = Signals::register(&poll, &mut conns)?;
-        let listeners = accept::listen(&poll, &mut conns, &config)?;
         let max_subscribers = accept::max_subscribers(&config, fd_limit);
         info!(
             "open-file limit {fd_limit}: up to {max_subscribers} subscribers and {} controllers at once",
@@ -133,17 +133,33 @@ impl Server {
             );
             Cluster::new(settings, node, Instant::now())
         });
-        let channels = Channels::with_bounds(
+        let mut channels = Channels::with_bounds(
             config.max_messages_per_channel,
             config.max_message_age,
             config.max_cached_bytes,
             config.max_channels,
         );
+        let state = match (&config.state_file, &config.redis) {
+            (Some(path), Some(_)) => {
+                info!(
+                    "RedisAddress is set: Redis is the store, the state file {} is not used",
+                    path.display()
+                );
+                None
+            }
+            (Some(path), None) => Some(
+                StateFile::open(path, config.state_sync, &mut channels, unix_ms())
+                    .map_err(io::Error::other)?,
+            ),
+            (None, _) => None,
+        };
+        // Listen once the channels are back: no client sees them half read.
+        let listeners = accept::listen(&poll, &mut conns, &config)?;
         Ok(Server {
             poll,
             conns,
             world: World {
-                hub: Hub::new(channels, cluster),
+                hub: Hub::new(channels, cluster).with_state(state),
                 stats: Stats::default(),
                 docs: Documents::from_config(&config),
                 config,
@@ -173,10 +189,12 @@ impl Server {
             if let Some(until) = self.draining_until {
                 let left = self.conns.clients().len();
                 if left == 0 {
+                    self.world.hub.close_state();
                     info!("shutdown complete");
                     return 0;
                 }
                 if Instant::now() >= until {
+                    self.world.hub.close_state();
                     info!("shutdown: giving up with {left} connections still draining");
                     return 1;
                 }
@@ -188,6 +206,7 @@ impl Server {
                     continue;
                 }
                 info!("poll failed: {e}; exiting");
+                self.world.hub.close_state();
                 return 1;
             }
             for event in events.iter() {
@@ -309,6 +328,10 @@ impl Server {
                 self.drive(id, true, false);
             }
         }
+        // This turn's events reach the state file before subscribers see
+        // them; their publishers hear OK after.
+        self.world.hub.persist(Instant::now());
+        self.answer_stored();
         let mut dirty = Vec::new();
         self.world.hub.channels.take_dirty(&mut dirty);
         let mut readers = std::mem::take(&mut self.fanout);
@@ -342,7 +365,8 @@ impl Server {
                         continue;
                     };
                     if let Conn::Controller(c) = &mut slot.conn {
-                        let step = c.published(&mut self.world.controller(to), id);
+                        let answer = id.ok_or(Failed::Backend);
+                        let step = c.published(&mut self.world.controller(to), answer);
                         self.after(to, step);
                     }
                 }
@@ -358,6 +382,26 @@ impl Server {
                         }
                     }
                 }
+            }
+        }
+        self.run_kicks();
+    }
+
+    /// Hands publishers the answers that waited for the state file.
+    fn answer_stored(&mut self) {
+        let stored = self.world.hub.take_stored();
+        let mut answers = Vec::new();
+        // A publisher's answers are consecutive: one write for each run.
+        for run in stored.chunk_by(|a, b| a.0 == b.0) {
+            let to = run[0].0;
+            let Some(slot) = self.conns.get(to) else {
+                continue;
+            };
+            if let Conn::Controller(c) = &mut slot.conn {
+                answers.clear();
+                answers.extend(run.iter().map(|a| a.1));
+                let step = c.published_all(&mut self.world.controller(to), &answers);
+                self.after(to, step);
             }
         }
         self.run_kicks();

@@ -63,7 +63,7 @@ impl Server {
         }
         if self.signals.usr1.swap(false, Ordering::SeqCst) {
             info!("SIGUSR1: emptying every channel's message cache");
-            self.world.hub.channels.clear_caches();
+            self.world.hub.clear_caches();
         }
         if self.signals.usr2.swap(false, Ordering::SeqCst) {
             info!("SIGUSR2: dropping the document cache");
@@ -106,6 +106,8 @@ impl Server {
             ("PidFile", old.pid_file != config.pid_file),
             ("Foreground", old.foreground != config.foreground),
             ("RedisAddress", old.redis != config.redis),
+            ("StateFile", old.state_file != config.state_file),
+            ("StateSync", old.state_sync != config.state_sync),
             (
                 "ListenBacklog",
                 old.limits.listen_backlog != config.limits.listen_backlog,
