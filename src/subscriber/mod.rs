@@ -6,6 +6,7 @@
 pub mod documents;
 pub mod route;
 pub mod stream;
+pub mod websocket;
 
 use crate::channel::Backlog;
 use crate::config::{Config, Mode};
