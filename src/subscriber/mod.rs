@@ -265,8 +265,14 @@ impl Subscriber {
             ),
             State::Streaming(s) if s.ws.is_some() => {
                 if readable
-                    && let Some(end) =
-                        read_frames(&mut self.socket, s, ctx.scratch, &ctx.hub.channels, stats, ctx.now)
+                    && let Some(end) = read_frames(
+                        &mut self.socket,
+                        s,
+                        ctx.scratch,
+                        &ctx.hub.channels,
+                        stats,
+                        ctx.now,
+                    )
                 {
                     return end;
                 }
@@ -411,7 +417,12 @@ impl Subscriber {
     /// disconnect, shutdown), then a close frame of `payload`; the
     /// connection closes once they are sent. Some(step) when it closes at
     /// once instead (no close frame, or none can be framed).
-    fn ws_end(&mut self, ctx: &mut Context, reason: Reason, payload: Option<Vec<u8>>) -> Option<Step> {
+    fn ws_end(
+        &mut self,
+        ctx: &mut Context,
+        reason: Reason,
+        payload: Option<Vec<u8>>,
+    ) -> Option<Step> {
         let State::Streaming(s) = &mut self.state else {
             return Some(Step::Close(reason));
         };
@@ -688,13 +699,7 @@ impl Subscriber {
                 self.peer.ip(),
                 String::from_utf8_lossy(&def.name)
             );
-            cursors.push(channels.attach(
-                &def.name,
-                message,
-                ctx.id,
-                mode.persist,
-                def.backlog,
-            ));
+            cursors.push(channels.attach(&def.name, message, ctx.id, mode.persist, def.backlog));
         }
         let backlog: u64 = cursors
             .iter()
@@ -848,9 +853,7 @@ fn read_frames(
             Io::Failed(e) => return Some(Progress::WsEnd(Reason::Error(e.kind()), None)),
         };
         stats.total_inbound_bytes += n as u64;
-        let Some(ws) = s.ws.as_mut() else {
-            return None;
-        };
+        let ws = s.ws.as_mut()?;
         let mut replies = Vec::new();
         let result = ws.feed(&mut scratch[..n], now, |incoming| {
             if let Incoming::Ping(payload) = incoming {

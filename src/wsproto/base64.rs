@@ -28,7 +28,7 @@ pub fn encode(data: &[u8]) -> String {
 /// (wrong length, a character outside the alphabet, misplaced padding,
 /// non-zero bits under the padding).
 pub fn decode(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 4 != 0 {
+    if !text.len().is_multiple_of(4) {
         return None;
     }
     let value = |c: u8| ALPHABET.iter().position(|&a| a == c).map(|v| v as u32);
