@@ -235,10 +235,16 @@ impl Streaming {
                         self.events += done;
                         self.bytes += (n - from_head) as u64;
                         stats.messages_served += done;
+                        // A chunk ends at a frame boundary: only a write
+                        // that stopped inside it needs the frame's rest.
                         if self.ws.is_some() {
-                            self.frame_left = channels.get(cursor.channel).map_or(0, |c| {
-                                c.stream(cursor.stream).event_remainder(cursor.pos).len() as u64
-                            });
+                            let whole = n - from_head == chunk.bytes.len();
+                            self.frame_left = match channels.get(cursor.channel) {
+                                Some(c) if !whole => {
+                                    c.stream(cursor.stream).event_remainder(cursor.pos).len() as u64
+                                }
+                                _ => 0,
+                            };
                         }
                     }
                 }
