@@ -172,6 +172,7 @@ pub struct WsInput {
 }
 
 impl WsInput {
+    /// A reader for a subscriber whose stream starts at `now`.
     pub fn new(now: Instant) -> WsInput {
         WsInput {
             partial: Vec::new(),
@@ -234,7 +235,7 @@ impl WsInput {
                     Parsed::Frame(op, p, used) => {
                         opcode = op;
                         payload = p.to_vec();
-                        used_of_data = used - had;
+                        used_of_data = used.saturating_sub(had);
                     }
                 }
                 self.partial.clear();
