@@ -347,4 +347,31 @@ mod tests {
         let mut flood = masked(0x8A, b"").repeat(MAX_FRAMES_PER_SECOND as usize + 1);
         assert_eq!(WsInput::new(now).feed(&mut flood, now, |_| {}), Err(1008));
     }
+
+    #[test]
+    fn random_input_never_panics() {
+        let now = Instant::now();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) as u8
+        };
+        for _ in 0..2000 {
+            let mut input = WsInput::new(now);
+            for _ in 0..8 {
+                let len = usize::from(next()) % 40;
+                let mut bytes: Vec<u8> = (0..len).map(|_| next()).collect();
+                // Often a plausible masked control frame start.
+                if let Some(b) = bytes.first_mut() {
+                    *b = [0x89, 0x8A, 0x88, *b][usize::from(next()) % 4];
+                }
+                if let Some(b) = bytes.get_mut(1) {
+                    *b |= 0x80;
+                }
+                if input.feed(&mut bytes, now, |_| {}).is_err() {
+                    break;
+                }
+            }
+        }
+    }
 }
