@@ -156,18 +156,24 @@ fn websocket_subscribers_through_the_ws_package() {
         repo().join("tests/browser/node_modules/ws").is_dir(),
         "this test needs tests/browser/node_modules/ws (cd tests/browser && npm ci)"
     );
-    let server = Server::start(&["-PingInterval", "3"], include_str!("../meteor.conf"));
+    let mut server = Server::start(&["-PingInterval", "3"], include_str!("../meteor.conf"));
     let (ok, output) = run_node(
         "ws_client.mjs",
         &[
             server.sub_addr.port().to_string(),
             server.ctl_addr.port().to_string(),
+            server.pid().to_string(),
         ],
     );
     assert!(
         ok,
         "the ws client failed:\n{output}\nmeteord log:\n{}",
         server.logs().join("\n")
+    );
+    // The client ends by sending SIGTERM: the server drains and exits.
+    assert!(
+        server.wait_exit(Duration::from_secs(10)).is_some(),
+        "meteord did not exit after SIGTERM"
     );
     println!("{output}");
 }

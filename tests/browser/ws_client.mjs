@@ -1,19 +1,20 @@
 // ws_client.mjs: meteord's WebSocket subscribers through an independent
 // client, the `ws` package from npm. Run by tests/browser.rs:
 //
-//   node tests/browser/ws_client.mjs <subscriber-port> <controller-port>
+//   node tests/browser/ws_client.mjs <subscriber-port> <controller-port> <meteord-pid>
 //
 // One client receives a backlog and 1,000 live events, each exactly once and
 // in order; a quiet one answers the server's pings on its own and stays
 // open; then the close codes: 4001 for /disconnect, 4000 for a replaced
-// hostid, 1003 for a data frame from the client, and a clean close
-// handshake started by the client (1000). Exits 0 when everything held.
+// hostid, 1003 for a data frame from the client, a clean close handshake
+// started by the client (1000), and last 1001 when meteord gets SIGTERM.
+// Exits 0 when everything held.
 
 import WebSocket from 'ws';
 import { connect } from 'node:net';
 
 const WAIT = 15000;
-const [subscriberPort, controllerPort] = process.argv.slice(2).map(Number);
+const [subscriberPort, controllerPort, serverPid] = process.argv.slice(2).map(Number);
 const base = `ws://127.0.0.1:${subscriberPort}/push`;
 
 function withDeadline(promise, what, ms = WAIT) {
@@ -138,7 +139,11 @@ try {
   await until('two pings', () => quiet.pings >= 2);
   if (quiet.ws.readyState !== WebSocket.OPEN) throw new Error('the quiet client was closed');
   console.log(`ok pings: ${quiet.pings} ping frames answered, still open`);
-  quiet.ws.close();
+
+  // Shutdown: the server drains its subscribers with 1001 going away.
+  process.kill(serverPid, 'SIGTERM');
+  await expectClose(quiet, 1001, 'SIGTERM');
+  same(quiet.got.at(-1), { eof: true }, 'the last frame before 1001');
 } catch (e) {
   console.error(`FAILED: ${e.message}`);
   failed = true;
