@@ -4,9 +4,12 @@
  *
  * It keeps the classic Meteor page API (host, port, scheme, hostid, mode,
  * joinChannel, leaveChannel, registerEventCallback, connect, disconnect, the
- * status numbers) and speaks the sse, fetchstream and jsonlongpoll modes of
- * the bundled meteor.conf: EventSource where the browser has it, else fetch()
- * reading a stream of JSON lines, else long-polling with the same JSON lines.
+ * status numbers) and speaks the websocket, sse, fetchstream and jsonlongpoll
+ * modes of the bundled meteor.conf: a WebSocket (one JSON text frame per
+ * event; it does not count against the browser's six HTTP/1.1 connections
+ * per host), falling back to EventSource when the upgrade fails (a proxy
+ * that drops Upgrade), else fetch() reading a stream of JSON lines, else
+ * long-polling with the same JSON lines.
  *
  * Exactly once, in order: the client keeps one connection at a time, remembers
  * the last id delivered per channel and resumes each channel with
@@ -18,13 +21,14 @@
   'use strict';
 
   const CHANNEL_NAME = /^[A-Za-z0-9_%-]+$/;
-  const TRANSPORTS = ['sse', 'fetchstream', 'jsonlongpoll']; // best first
+  const TRANSPORTS = ['websocket', 'sse', 'fetchstream', 'jsonlongpoll']; // best first
   // Classic mode names and the transport each now means ('' = the best one).
   const CLASSIC_MODES = {
     stream: '', iframe: '', serversent: 'sse', xhrinteractive: 'fetchstream',
     longpoll: 'jsonlongpoll', smartpoll: 'jsonlongpoll', simplepoll: 'jsonlongpoll',
   };
   const SUPPORTED = {
+    websocket: () => typeof global.WebSocket === 'function',
     sse: () => typeof global.EventSource === 'function',
     fetchstream: () => typeof global.fetch === 'function' && typeof global.ReadableStream === 'function',
     jsonlongpoll: () => typeof global.fetch === 'function',
@@ -123,6 +127,33 @@
     return () => source.close();
   }
 
+  function openWebSocket(url, conn) {
+    const socket = new WebSocket(url.replace(/^http/, 'ws'));
+    let opened = false;
+    socket.onopen = () => {
+      opened = true;
+      conn.opened();
+    };
+    // One JSON object per text frame, as the fetchstream lines. The server's
+    // ping frames are answered by the browser itself.
+    socket.onmessage = (e) => {
+      let rec;
+      try { rec = JSON.parse(e.data); } catch (err) { return log('bad frame', err); }
+      conn.record(rec);
+    };
+    // Never opened: the upgrade failed (or the server is away); fall back.
+    // 1000: a normal end (a non-persistent mode); any other code: reconnect.
+    socket.onclose = (e) => {
+      log('websocket closed', e.code, e.reason);
+      conn.end(!opened ? 'refused' : e.code === 1000 ? 'done' : 'lost');
+    };
+    return () => {
+      socket.onclose = null;
+      socket.onmessage = null;
+      if (socket.readyState <= WebSocket.OPEN) socket.close();
+    };
+  }
+
   function openFetch(url, conn, streaming) {
     const abort = new AbortController();
     let silence = null;
@@ -166,6 +197,7 @@
   }
 
   const OPEN = {
+    websocket: openWebSocket,
     sse: openEventSource,
     fetchstream: (url, conn) => openFetch(url, conn, true),
     jsonlongpoll: (url, conn) => openFetch(url, conn, false),
@@ -302,8 +334,8 @@
     scheme: here ? here.protocol.slice(0, -1) : 'http',
     path: '/push',                     // the server's SubscriberDynamicPageAddress
     hostid: randomId(),                // one per page: a second connection with it would replace the first
-    mode: 'stream',                    // 'stream' = the best transport, or 'sse', 'fetchstream', 'jsonlongpoll'
-    pingtimeout: 30000,                // ms of silence after which a fetch connection is reopened (0 = never)
+    mode: 'stream',                    // 'stream' = the best transport, or 'websocket', 'sse', 'fetchstream', 'jsonlongpoll'
+    pingtimeout: 30000,                // ms of silence after which a fetch connection is reopened (0 = never; a WebSocket is checked by the server's ping frames)
     debugmode: false,                  // log to the console
     status: 0,
 

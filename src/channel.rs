@@ -1049,7 +1049,7 @@ impl Channels {
         let found = channel
             .streams
             .iter()
-            .find(|(_, s)| s.template.source() == template.source())
+            .find(|(_, s)| s.template.same_output(template))
             .map(|(i, _)| i);
         let stream = match found {
             Some(i) => i,

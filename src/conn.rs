@@ -47,6 +47,10 @@ pub enum Reason {
     SlowConsumer,
     WriteTimeout,
     HeadTimeout,
+    /// A WebSocket subscriber answered no ping within `PingInterval`.
+    NoPong,
+    /// A WebSocket subscriber sent a frame it may not send (or too many).
+    ProtocolError,
     /// A controller sent nothing for `ControllerIdleTimeout`.
     IdleTimeout,
     /// A controller did not complete a command (or `AUTH`) within
@@ -76,6 +80,8 @@ impl Reason {
             Reason::SlowConsumer => "slowConsumer",
             Reason::WriteTimeout => "writeTimeout",
             Reason::HeadTimeout => "headTimeout",
+            Reason::NoPong => "noPong",
+            Reason::ProtocolError => "protocolError",
             Reason::IdleTimeout => "idleTimeout",
             Reason::CommandTimeout => "commandTimeout",
             Reason::BadRequest => "badRequest",

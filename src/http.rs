@@ -39,6 +39,20 @@ pub struct RequestHead {
     /// `Last-Event-ID` (sent by a reconnecting EventSource): resume every
     /// requested channel after this id.
     pub last_event_id: Option<u64>,
+    /// The WebSocket handshake headers, as sent.
+    pub upgrade: UpgradeHeaders,
+}
+
+/// The headers of a WebSocket opening handshake (RFC 6455 4.1), every
+/// value as sent; `subscriber::websocket` checks them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UpgradeHeaders {
+    /// Whether the request line says HTTP/1.1 (a handshake needs it).
+    pub http11: bool,
+    pub upgrade: Vec<String>,
+    pub connection: Vec<String>,
+    pub key: Vec<String>,
+    pub version: Vec<String>,
 }
 
 /// Where the head ends: just past the first empty line (CRLF or bare LF).
@@ -200,7 +214,16 @@ pub fn parse(head: &[u8], max_headers: usize) -> Result<Head, HttpError> {
 /// Parses a subscriber's complete head.
 pub fn parse_head(head: &[u8], max_headers: usize) -> Result<RequestHead, HttpError> {
     let head = parse(head, max_headers)?;
+    let all = |name| head.values(name).map(str::to_owned).collect();
+    let upgrade = UpgradeHeaders {
+        http11: head.version >= 1,
+        upgrade: all("Upgrade"),
+        connection: all("Connection"),
+        key: all("Sec-WebSocket-Key"),
+        version: all("Sec-WebSocket-Version"),
+    };
     Ok(RequestHead {
+        upgrade,
         user_agent: head.header("User-Agent").unwrap_or("-").to_owned(),
         origin: head.header("Origin").map(str::to_owned),
         last_event_id: head.header("Last-Event-ID").and_then(|v| v.parse().ok()),

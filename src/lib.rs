@@ -18,3 +18,4 @@ pub mod state_file;
 pub mod stats;
 pub mod subscriber;
 pub mod template;
+pub mod wsproto;

@@ -2,6 +2,7 @@
 //! parsed once when the configuration is loaded into literal and
 //! placeholder parts, so that rendering an event never scans template text.
 
+use crate::wsproto;
 use std::io::Write;
 
 /// A value a template can ask for. Which ones a template gets depends on
@@ -136,12 +137,23 @@ enum Part {
     Field(Placeholder, Escape),
 }
 
+/// How each rendering is wrapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// As rendered.
+    None,
+    /// One unmasked WebSocket text frame per rendering (its bytes that are
+    /// not UTF-8 replaced by U+FFFD); an empty rendering is no frame.
+    WebSocket,
+}
+
 /// A parsed template. `source` is kept so that equal templates of different
 /// modes (or of a reloaded configuration) can share one channel buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Template {
     source: Vec<u8>,
     parts: Vec<Part>,
+    framing: Framing,
 }
 
 /// `name` or `name:escape`; None for an unknown name or escape.
@@ -195,7 +207,19 @@ impl Template {
         Template {
             source: source.to_vec(),
             parts,
+            framing: Framing::None,
         }
+    }
+
+    /// The same template with each rendering wrapped as `framing` says.
+    pub fn framed(self, framing: Framing) -> Template {
+        Template { framing, ..self }
+    }
+
+    /// Whether two templates render the same bytes (same text, same framing):
+    /// then they can share one channel buffer.
+    pub fn same_output(&self, other: &Template) -> bool {
+        self.framing == other.framing && self.source == other.source
     }
 
     /// The text the template was parsed from.
@@ -203,8 +227,23 @@ impl Template {
         &self.source
     }
 
-    /// Appends the rendered template to `out`, asking `value` for each placeholder.
+    /// Appends the rendered template to `out`, asking `value` for each
+    /// placeholder; a framed template renders into a scratch buffer first,
+    /// since a frame's header holds its payload's length.
     pub fn render<'a>(&self, out: &mut Vec<u8>, value: impl Fn(Placeholder) -> Value<'a>) {
+        match self.framing {
+            Framing::None => self.render_parts(out, value),
+            Framing::WebSocket => {
+                let mut payload = Vec::new();
+                self.render_parts(&mut payload, value);
+                if !payload.is_empty() {
+                    wsproto::text_frame(out, &payload);
+                }
+            }
+        }
+    }
+
+    fn render_parts<'a>(&self, out: &mut Vec<u8>, value: impl Fn(Placeholder) -> Value<'a>) {
         for part in &self.parts {
             match part {
                 Part::Literal(bytes) => out.extend_from_slice(bytes),

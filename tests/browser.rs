@@ -8,6 +8,9 @@
 //! `npm ci` in tests/browser), so it is `#[ignore]`d: a plain `cargo test`
 //! lists it as ignored, `cargo test -- --include-ignored` (as CI does) runs
 //! it, and a missing tool then fails it, naming what to install.
+//!
+//! The second test drives WebSocket subscribers with an independent client,
+//! the `ws` package from npm (`node tests/browser/ws_client.mjs`).
 
 mod common;
 
@@ -68,11 +71,11 @@ fn read_all(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> 
     })
 }
 
-/// Runs `node run.mjs` to completion (or kills it after NODE_TIMEOUT);
+/// Runs `node <script>` to completion (or kills it after NODE_TIMEOUT);
 /// returns whether it exited 0, and everything it printed.
-fn run_node(args: &[String]) -> (bool, String) {
+fn run_node(script: &str, args: &[String]) -> (bool, String) {
     let mut child = Command::new("node")
-        .arg(repo().join("tests/browser/run.mjs"))
+        .arg(repo().join("tests/browser").join(script))
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -114,11 +117,14 @@ fn meteor_js_in_chromium() {
     let server = Server::start(&["-AllowedOrigins", "*"], include_str!("../meteor.conf"));
     fill_docroot(&server);
     let screenshot: PathBuf = repo().join("target/demo-screenshot.png");
-    let (ok, output) = run_node(&[
-        server.sub_addr.port().to_string(),
-        server.ctl_addr.port().to_string(),
-        screenshot.to_string_lossy().into_owned(),
-    ]);
+    let (ok, output) = run_node(
+        "run.mjs",
+        &[
+            server.sub_addr.port().to_string(),
+            server.ctl_addr.port().to_string(),
+            screenshot.to_string_lossy().into_owned(),
+        ],
+    );
     assert!(
         ok,
         "the browser test failed:\n{output}\nmeteord log (last 40 lines):\n{}",
@@ -131,6 +137,43 @@ fn meteor_js_in_chromium() {
             .cloned()
             .collect::<Vec<_>>()
             .join("\n")
+    );
+    println!("{output}");
+}
+
+#[test]
+#[ignore = "needs node and the ws package (cd tests/browser && npm ci): run with --include-ignored (see README)"]
+fn websocket_subscribers_through_the_ws_package() {
+    let node_runs = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        node_runs,
+        "this test needs node (apt-get install nodejs npm)"
+    );
+    assert!(
+        repo().join("tests/browser/node_modules/ws").is_dir(),
+        "this test needs tests/browser/node_modules/ws (cd tests/browser && npm ci)"
+    );
+    let mut server = Server::start(&["-PingInterval", "3"], include_str!("../meteor.conf"));
+    let (ok, output) = run_node(
+        "ws_client.mjs",
+        &[
+            server.sub_addr.port().to_string(),
+            server.ctl_addr.port().to_string(),
+            server.pid().to_string(),
+        ],
+    );
+    assert!(
+        ok,
+        "the ws client failed:\n{output}\nmeteord log:\n{}",
+        server.logs().join("\n")
+    );
+    // The client ends by sending SIGTERM: the server drains and exits.
+    assert!(
+        server.wait_exit(Duration::from_secs(10)).is_some(),
+        "meteord did not exit after SIGTERM"
     );
     println!("{output}");
 }

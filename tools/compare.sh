@@ -8,6 +8,7 @@
 # Usage: tools/compare.sh            full scenarios (a few minutes)
 #        SCALE=10 tools/compare.sh   subscriber counts divided by 10 (quick check)
 #        ONLY=meteord|nchan          run one server only
+#        SCENARIOS_MATCH=regex       run only the scenarios whose label matches (e.g. 'burst|rate-10k')
 #        BASELINE=/path/to/meteord   also run an older meteord build ("before"), scenario by
 #                                    scenario beside the current one, for before/after figures
 # Results (one JSON object per scenario) are kept in target/compare/{meteord,nchan}.jsonl.
@@ -81,6 +82,13 @@ HeaderTemplate HTTP/1.1 ~status~\r\nServer: ~server~\r\nContent-Type: text/plain
 MessageTemplate ~id~ ~text~\n
 Persist 1
 MaxMessages 1
+
+# WebSocket subscribers (meteor-bench --websocket): the same line per event, one text frame each.
+[benchws]
+WebSocketOnly 1
+ChannelInfoTemplate
+MessageTemplate ~id~ ~text~\n
+Persist 1
 CONF
 
 # Starts meteord on ephemeral ports; sets SERVER_PID, SUB_PORT, CTL_PORT.
@@ -173,6 +181,10 @@ SCENARIOS=(
     "rate-1k-100/s-10s|-n $((1000 / SCALE)) -m 1000 -r 100 --size 64"
     "fanout-19k-x10|-n $((19000 / SCALE)) -m 10 --size 64"
     "longpoll-1k-200/s-20s|--longpoll -n $((1000 / SCALE)) -m 4000 -r 200 --size 64"
+    # WebSocket beside streaming (meteord only: nchan's websocket subscriber is not set up here).
+    "ws-idle-10k|--websocket -n $((10000 / SCALE)) -m 0"
+    "ws-burst-10k-x200|--websocket -n $((10000 / SCALE)) -m 200 --size 64"
+    "ws-rate-10k-100/s-10s|--websocket -n $((10000 / SCALE)) -m 1000 -r 100 --size 64"
 )
 
 # Runs one scenario against one server; appends its JSON line to $OUT/<server>.jsonl.
@@ -184,6 +196,9 @@ run_one() {
         start_meteord "$binary" || { echo "{\"label\":\"$label\",\"error\":\"meteord did not start\"}" >>"$OUT/$server.jsonl"; return; }
         pid=$SERVER_PID
         target=(-t "127.0.0.1:$SUB_PORT" --controller "127.0.0.1:$CTL_PORT")
+    elif [[ $args == *--websocket* ]]; then
+        echo "{\"label\":\"$label\",\"error\":\"not run (no websocket set-up for nchan)\"}" >>"$OUT/$server.jsonl"
+        return
     else
         start_nchan || { echo "{\"label\":\"$label\",\"error\":\"nginx did not start\"}" >>"$OUT/$server.jsonl"; return; }
         pid=$WORKER_PID
@@ -211,6 +226,7 @@ SERVERS=(meteord nchan)
 [ -n "$BASELINE" ] && SERVERS=(before "${SERVERS[@]}")
 for s in "${SERVERS[@]}"; do : >"$OUT/$s.jsonl"; : >"$OUT/$s.stderr"; done
 for sc in "${SCENARIOS[@]}"; do
+    [ -n "${SCENARIOS_MATCH:-}" ] && ! [[ ${sc%%|*} =~ $SCENARIOS_MATCH ]] && continue
     for s in "${SERVERS[@]}"; do
         run_one "$s" "${sc%%|*}" "${sc#*|}"
     done

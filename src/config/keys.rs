@@ -530,6 +530,13 @@ keys! {
         kind: PORT,
         help: "Port for ADDMESSAGE datagrams (0: off)",
     };
+    WEBSOCKET_ONLY = Key {
+        name: "WebSocketOnly",
+        default: "0",
+        scope: Scope::Mode,
+        kind: Kind::Flag,
+        help: "1: answer only WebSocket handshakes (any other request gets 400)",
+    };
     WRITE_TIMEOUT = Key {
         name: "WriteTimeout",
         default: "120",

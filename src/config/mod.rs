@@ -7,7 +7,7 @@
 //! no part of the server but the leaf modules `log` and `template`.
 
 use crate::log::TimeFormat;
-use crate::template::Template;
+use crate::template::{Framing, Template};
 use keys::*;
 use std::collections::HashMap;
 use std::fmt;
@@ -97,6 +97,14 @@ pub struct Mode {
     pub max_time: u64,
     /// Seconds between pings; 0 when off.
     pub ping_interval: u64,
+    /// `MessageTemplate` for WebSocket subscribers: each rendering is one
+    /// text frame, so framing happens once per event per channel.
+    pub ws_message: Rc<Template>,
+    /// `ChannelInfoTemplate` for WebSocket subscribers: one text frame per
+    /// channel, the first frames they get.
+    pub ws_channel_info: Template,
+    /// `WebSocketOnly`: requests that are not WebSocket handshakes get 400.
+    pub websocket_only: bool,
 }
 
 /// Bounds on what clients may send or hold (spec part B2), each within
@@ -307,10 +315,15 @@ impl Reader<'_> {
             ));
             ping_interval = 0;
         }
+        let message = Template::parse(&self.text(&MESSAGE_TEMPLATE, mode));
+        let channel_info = Template::parse(&self.text(&CHANNEL_INFO_TEMPLATE, mode));
         Ok(Mode {
             header: Template::parse(&self.text(&HEADER_TEMPLATE, mode)),
-            message: Rc::new(Template::parse(&self.text(&MESSAGE_TEMPLATE, mode))),
-            channel_info: Template::parse(&self.text(&CHANNEL_INFO_TEMPLATE, mode)),
+            ws_message: Rc::new(message.clone().framed(Framing::WebSocket)),
+            ws_channel_info: channel_info.clone().framed(Framing::WebSocket),
+            websocket_only: self.flag(&WEBSOCKET_ONLY, mode)?,
+            message: Rc::new(message),
+            channel_info,
             ping: self.text(&PING_MESSAGE, mode),
             shutdown: self.text(&SUBSCRIBER_SHUTDOWN_MSG, mode),
             persist: self.flag(&PERSIST, mode)?,

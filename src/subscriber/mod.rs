@@ -6,6 +6,7 @@
 pub mod documents;
 pub mod route;
 pub mod stream;
+pub mod websocket;
 
 use crate::channel::Backlog;
 use crate::config::{Config, Mode};
@@ -15,6 +16,7 @@ use crate::hub::Hub;
 use crate::io::{Io, READS_PER_TURN, WRITE_BUDGET, read_some, write_some};
 use crate::stats::Stats;
 use crate::template::{Placeholder, Template, Value};
+use crate::wsproto::{self, close};
 use crate::{debug, info};
 use documents::{Document, Documents, FileBody, FileWrite};
 use mio::net::TcpStream;
@@ -23,6 +25,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use stream::{Hosts, Streaming};
+use websocket::{Handshake, Incoming, WsInput};
 
 /// The program name in `~server~` and `Server:`.
 pub const PROGRAM: &str = "meteord";
@@ -74,6 +77,8 @@ struct StreamRequest {
     user_agent: String,
     cors: String,
     defs: Vec<ChannelDef>,
+    /// `Sec-WebSocket-Accept` for a WebSocket subscriber.
+    accept: Option<String>,
 }
 
 /// A push request waiting for its channels.
@@ -106,6 +111,30 @@ enum Progress {
     HeadComplete,
     /// The request head broke a bound: answer with this error.
     Refuse(HttpError),
+    /// A WebSocket stream ends: with a close frame of this payload, or
+    /// without one (None).
+    WsEnd(Reason, Option<Vec<u8>>),
+}
+
+/// The close code a WebSocket subscriber gets when its stream ends for
+/// `reason`; None when no close frame is sent (the peer is gone).
+fn close_code(reason: Reason) -> Option<u16> {
+    Some(match reason {
+        Reason::ResponseComplete => close::NORMAL,
+        Reason::Shutdown => close::GOING_AWAY,
+        Reason::Replaced => close::REPLACED,
+        Reason::DisconnectRequested => close::DISCONNECTED,
+        Reason::MaxTime => close::MAX_TIME,
+        Reason::MaxMessages => close::MAX_MESSAGES,
+        Reason::WriteTimeout => close::WRITE_TIMEOUT,
+        Reason::SlowConsumer => close::SLOW_CONSUMER,
+        Reason::NoPong => close::NO_PONG,
+        _ => return None,
+    })
+}
+
+fn close_payload(reason: Reason) -> Option<Vec<u8>> {
+    close_code(reason).map(|c| c.to_be_bytes().to_vec())
 }
 
 fn unix_now() -> u64 {
@@ -181,6 +210,16 @@ impl Subscriber {
         let mut readable = readable;
         loop {
             match self.advance(ctx, readable) {
+                Progress::Step(Step::Close(reason)) if self.is_websocket() => {
+                    if let Some(step) = self.ws_end(ctx, reason, close_payload(reason)) {
+                        return step;
+                    }
+                }
+                Progress::WsEnd(reason, payload) => {
+                    if let Some(step) = self.ws_end(ctx, reason, payload) {
+                        return step;
+                    }
+                }
                 Progress::Step(step) => return step,
                 Progress::HeadComplete => {
                     self.start(ctx);
@@ -199,7 +238,7 @@ impl Subscriber {
         match &self.state {
             State::Streaming(s) if s.blocked_since.is_none() => self.ready(ctx, false, false),
             State::Streaming(s) if s.lost_events(&ctx.hub.channels) => {
-                Step::Close(Reason::SlowConsumer)
+                self.end_stream(ctx, Reason::SlowConsumer)
             }
             _ => Step::Wait,
         }
@@ -224,6 +263,23 @@ impl Subscriber {
                 stats,
                 ctx.now,
             ),
+            State::Streaming(s) if s.ws.is_some() => {
+                if readable
+                    && let Some(end) = read_frames(
+                        &mut self.socket,
+                        s,
+                        ctx.scratch,
+                        &ctx.hub.channels,
+                        stats,
+                        ctx.now,
+                    )
+                {
+                    return end;
+                }
+                let step = s.write(&mut self.socket, &ctx.hub.channels, stats, ctx.now);
+                s.pin(&mut ctx.hub.channels);
+                step
+            }
             State::Streaming(s) => {
                 match readable.then(|| discard_input(&mut self.socket, ctx.scratch, stats)) {
                     // A poll whose client half-closed after its request still
@@ -272,11 +328,11 @@ impl Subscriber {
             State::Reply(r) if r.deadline <= now => return Step::Close(Reason::WriteTimeout),
             State::Streaming(s) => {
                 if s.ends_at.is_some_and(|t| t <= now) {
-                    return Step::Close(Reason::MaxTime);
+                    return self.end_stream(ctx, Reason::MaxTime);
                 }
                 let stall = Duration::from_secs(ctx.config.limits.write_timeout);
                 if s.blocked_since.is_some_and(|t| t + stall <= now) {
-                    return Step::Close(Reason::WriteTimeout);
+                    return self.end_stream(ctx, Reason::WriteTimeout);
                 }
                 if let Some(at) = s.next_ping.filter(|&t| t <= now) {
                     let interval = Duration::from_secs(s.mode.ping_interval);
@@ -285,9 +341,20 @@ impl Subscriber {
                         next += interval;
                     }
                     s.next_ping = Some(next);
+                    if s.ws.as_ref().is_some_and(|ws| ws.awaiting_pong) {
+                        return self.end_stream(ctx, Reason::NoPong);
+                    }
                     // Only an idle stream needs a ping; one busy writing is alive.
                     if s.out.is_empty() && s.blocked_since.is_none() {
-                        s.out.extend_from_slice(&s.mode.ping);
+                        match &mut s.ws {
+                            Some(ws) => {
+                                ws.awaiting_pong = true;
+                                if s.settle(&ctx.hub.channels, ctx.stats) {
+                                    wsproto::frame(&mut s.out, wsproto::OP_PING, b"");
+                                }
+                            }
+                            None => s.out.extend_from_slice(&s.mode.ping),
+                        }
                     }
                 }
             }
@@ -300,6 +367,9 @@ impl Subscriber {
     /// disconnect request, shutdown): finishes the event being written,
     /// adds the mode's shutdown message, and closes once sent.
     pub fn kick(&mut self, ctx: &mut Context, reason: Reason) -> Step {
+        if self.is_websocket() {
+            return self.end_stream(ctx, reason);
+        }
         let s = match &self.state {
             State::Head(_) | State::Loading(_) => return Step::Close(reason),
             // Already sending its last bytes: let them go.
@@ -323,6 +393,63 @@ impl Subscriber {
         }
         self.reply(bytes.into(), reason, ctx);
         self.ready(ctx, false, false)
+    }
+
+    /// Whether it is streaming to a WebSocket subscriber.
+    fn is_websocket(&self) -> bool {
+        matches!(&self.state, State::Streaming(s) if s.ws.is_some())
+    }
+
+    /// Ends a stream on the server's initiative: a WebSocket subscriber
+    /// gets its close frame first.
+    fn end_stream(&mut self, ctx: &mut Context, reason: Reason) -> Step {
+        if !self.is_websocket() {
+            return Step::Close(reason);
+        }
+        match self.ws_end(ctx, reason, close_payload(reason)) {
+            Some(step) => step,
+            None => self.ready(ctx, false, false),
+        }
+    }
+
+    /// Ends a WebSocket stream: the rest of a half-written event, the
+    /// mode's `SubscriberShutdownMsg` as a text frame (replaced hostid,
+    /// disconnect, shutdown), then a close frame of `payload`; the
+    /// connection closes once they are sent. Some(step) when it closes at
+    /// once instead (no close frame, or none can be framed).
+    fn ws_end(
+        &mut self,
+        ctx: &mut Context,
+        reason: Reason,
+        payload: Option<Vec<u8>>,
+    ) -> Option<Step> {
+        let State::Streaming(s) = &mut self.state else {
+            return Some(Step::Close(reason));
+        };
+        let whole = s.settle(&ctx.hub.channels, ctx.stats);
+        let bytes = payload.filter(|_| whole).map(|payload| {
+            let mut bytes = s.out[s.out_pos..].to_vec();
+            let farewell = matches!(
+                reason,
+                Reason::Replaced | Reason::DisconnectRequested | Reason::Shutdown
+            );
+            if farewell && !s.mode.shutdown.is_empty() {
+                wsproto::text_frame(&mut bytes, &s.mode.shutdown);
+            }
+            wsproto::frame(&mut bytes, wsproto::OP_CLOSE, &payload);
+            bytes
+        });
+        s.leave(self.peer, &mut ctx.hub.channels, ctx.hosts, ctx.id, reason);
+        let Some(bytes) = bytes else {
+            // Left its channels: the close hook must not leave them again.
+            self.state = State::Head(Head {
+                buf: Vec::new(),
+                deadline: ctx.now,
+            });
+            return Some(Step::Close(reason));
+        };
+        self.reply(bytes.into(), reason, ctx);
+        None
     }
 
     /// The close hook: leaves channels and the hostid registry, lets go of
@@ -375,6 +502,7 @@ impl Subscriber {
             Route::BadDocument
         };
         let global = &ctx.config.global_mode;
+        let mut accept_key = None;
         let cors = http::cors_lines(&ctx.config.allowed_origins, request.origin.as_deref());
         match route {
             Route::Push {
@@ -383,6 +511,32 @@ impl Subscriber {
                 channels,
             } => {
                 let mode_settings = Rc::clone(ctx.config.mode(&mode));
+                let allowed = &ctx.config.allowed_origins;
+                let refusal = match websocket::handshake(&request.upgrade) {
+                    Handshake::Broken => Some("400 Bad Request"),
+                    Handshake::WrongVersion => Some("426 Upgrade Required"),
+                    Handshake::None if mode_settings.websocket_only => Some("400 Bad Request"),
+                    Handshake::Accept(_)
+                        if !allowed.is_empty()
+                            && request
+                                .origin
+                                .as_deref()
+                                .is_some_and(|o| !http::origin_allowed(allowed, o)) =>
+                    {
+                        Some("403 Forbidden")
+                    }
+                    Handshake::Accept(_) if channels.is_empty() => Some("404 Not Found"),
+                    Handshake::Accept(accept) => {
+                        accept_key = Some(accept);
+                        None
+                    }
+                    Handshake::None => None,
+                };
+                if let Some(status) = refusal {
+                    ctx.stats.errors_served += 1;
+                    let bytes = websocket::refusal(status, PROGRAM);
+                    return self.reply(bytes.into(), Reason::BadRequest, ctx);
+                }
                 if channels.is_empty() {
                     ctx.stats.errors_served += 1;
                     let bytes = header(&mode_settings.header, "404 Not Found", b"", &cors);
@@ -401,6 +555,7 @@ impl Subscriber {
                     user_agent: request.user_agent,
                     cors,
                     defs: channels,
+                    accept: accept_key,
                 };
                 self.stream_when_ready(request, ctx);
             }
@@ -494,6 +649,7 @@ impl Subscriber {
             user_agent,
             cors,
             defs,
+            accept,
         } = request;
         if mode.persist
             && let Some(old) = ctx.hosts.insert(hostid.as_str().into(), ctx.id)
@@ -502,10 +658,19 @@ impl Subscriber {
         }
         let channels = &mut ctx.hub.channels;
         // Channel info describes each channel before this subscriber joins.
+        // A WebSocket subscriber gets its 101, then one frame per channel.
+        let (mut out, info_template, message) = match &accept {
+            Some(accept) => (
+                websocket::switching_protocols(accept, PROGRAM),
+                &mode.ws_channel_info,
+                &mode.ws_message,
+            ),
+            None => (Vec::new(), &mode.channel_info, &mode.message),
+        };
         let mut info = Vec::new();
         for def in &defs {
             let channel = channels.by_name(&def.name);
-            mode.channel_info.render(&mut info, |p| match p {
+            info_template.render(&mut info, |p| match p {
                 Placeholder::Name => Value::Bytes(&def.name),
                 Placeholder::LastMsgId => Value::Number(channel.map_or(0, |c| c.last_id())),
                 Placeholder::MessageCount => {
@@ -517,7 +682,10 @@ impl Subscriber {
                 _ => Value::None,
             });
         }
-        let out = header(&mode.header, "200 OK", &info, &cors);
+        match accept {
+            Some(_) => out.extend_from_slice(&info),
+            None => out = header(&mode.header, "200 OK", &info, &cors),
+        }
         let mut cursors = Vec::with_capacity(defs.len());
         for def in &defs {
             let start = match def.backlog {
@@ -531,13 +699,7 @@ impl Subscriber {
                 self.peer.ip(),
                 String::from_utf8_lossy(&def.name)
             );
-            cursors.push(channels.attach(
-                &def.name,
-                &mode.message,
-                ctx.id,
-                mode.persist,
-                def.backlog,
-            ));
+            cursors.push(channels.attach(&def.name, message, ctx.id, mode.persist, def.backlog));
         }
         let backlog: u64 = cursors
             .iter()
@@ -569,6 +731,8 @@ impl Subscriber {
             limit,
             events: 0,
             bytes: 0,
+            ws: accept.map(|_| Box::new(WsInput::new(ctx.now))),
+            frame_left: 0,
         });
     }
 }
@@ -667,4 +831,49 @@ fn write_reply(
         }
     }
     Step::Close(reply.reason)
+}
+
+/// Reads what a WebSocket subscriber sent: pongs go out between frames,
+/// pongs and pings are counted against the frame rate. Some(end) when the
+/// stream ends (a close frame, a broken frame, a flood, the peer gone).
+fn read_frames(
+    socket: &mut TcpStream,
+    s: &mut Streaming,
+    scratch: &mut [u8],
+    channels: &crate::channel::Channels,
+    stats: &mut Stats,
+    now: Instant,
+) -> Option<Progress> {
+    let end = |reason, code: u16| Some(Progress::WsEnd(reason, Some(code.to_be_bytes().to_vec())));
+    for _ in 0..READS_PER_TURN {
+        let n = match read_some(socket, scratch) {
+            Io::Progress(n) => n,
+            Io::WouldBlock => return None,
+            Io::Closed => return Some(Progress::WsEnd(Reason::RemoteClosed, None)),
+            Io::Failed(e) => return Some(Progress::WsEnd(Reason::Error(e.kind()), None)),
+        };
+        stats.total_inbound_bytes += n as u64;
+        let ws = s.ws.as_mut()?;
+        let mut replies = Vec::new();
+        let result = ws.feed(&mut scratch[..n], now, |incoming| {
+            if let Incoming::Ping(payload) = incoming {
+                wsproto::frame(&mut replies, wsproto::OP_PONG, payload);
+            }
+        });
+        if !replies.is_empty() {
+            if !s.settle(channels, stats) {
+                return Some(Progress::WsEnd(Reason::SlowConsumer, None));
+            }
+            s.out.extend_from_slice(&replies);
+            if s.out.len() - s.out_pos > websocket::MAX_PENDING_REPLIES {
+                return end(Reason::ProtocolError, close::POLICY_VIOLATION);
+            }
+        }
+        match result {
+            Ok(None) => {}
+            Ok(Some(echo)) => return Some(Progress::WsEnd(Reason::RemoteClosed, Some(echo))),
+            Err(code) => return end(Reason::ProtocolError, code),
+        }
+    }
+    None
 }

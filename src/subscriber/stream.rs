@@ -8,6 +8,7 @@ use crate::conn::{ConnId, Reason, Step};
 use crate::info;
 use crate::io::{Io, WRITE_BUDGET, write_pair};
 use crate::stats::Stats;
+use crate::subscriber::websocket::WsInput;
 use mio::net::TcpStream;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,6 +39,11 @@ pub struct Streaming {
     pub limit: u64,
     pub events: u64,
     pub bytes: u64,
+    /// The WebSocket side of a WebSocket subscriber.
+    pub ws: Option<Box<WsInput>>,
+    /// Bytes left of the frame a WebSocket subscriber's last write stopped
+    /// inside (0 at a frame boundary).
+    pub frame_left: u64,
 }
 
 /// The next run of bytes to send from one cursor.
@@ -88,6 +94,40 @@ impl Streaming {
             }
             self.pinned = blocked;
         }
+    }
+
+    /// Moves the rest of any half-written event into `out`, so that what is
+    /// added to `out` next (a control frame) goes out between frames. When
+    /// that rest is gone (a slow consumer that stopped inside a frame), the
+    /// frame is completed with spaces: it no longer holds an event, but the
+    /// close frame after it can still be read.
+    pub fn settle(&mut self, channels: &Channels, stats: &mut Stats) -> bool {
+        for cursor in &mut self.cursors {
+            let Some(channel) = channels.get(cursor.channel) else {
+                continue;
+            };
+            let stream = channel.stream(cursor.stream);
+            if channels.lost_events(cursor) {
+                let left = usize::try_from(self.frame_left).unwrap_or(usize::MAX);
+                if left > crate::io::WRITE_BUDGET {
+                    return false;
+                }
+                self.out.resize(self.out.len() + left, b' ');
+                self.frame_left = 0;
+                continue;
+            }
+            let rest = stream.event_remainder(cursor.pos);
+            if rest.is_empty() {
+                continue;
+            }
+            self.out.extend_from_slice(rest);
+            cursor.pos += rest.len() as u64;
+            self.events += 1;
+            self.bytes += rest.len() as u64;
+            stats.messages_served += 1;
+        }
+        self.frame_left = 0;
+        true
     }
 
     /// Whether a cursor fell behind what its channel still holds.
@@ -195,6 +235,17 @@ impl Streaming {
                         self.events += done;
                         self.bytes += (n - from_head) as u64;
                         stats.messages_served += done;
+                        // A chunk ends at a frame boundary: only a write
+                        // that stopped inside it needs the frame's rest.
+                        if self.ws.is_some() {
+                            let whole = n - from_head == chunk.bytes.len();
+                            self.frame_left = match channels.get(cursor.channel) {
+                                Some(c) if !whole => {
+                                    c.stream(cursor.stream).event_remainder(cursor.pos).len() as u64
+                                }
+                                _ => 0,
+                            };
+                        }
                     }
                 }
                 Io::WouldBlock => {

@@ -3,16 +3,19 @@
 //
 //   node tests/browser/run.mjs <subscriber-port> <controller-port> <screenshot.png>
 //
-// For each transport meteor.js can use (sse, fetchstream, jsonlongpoll) a page
+// For each transport meteor.js can use (websocket, sse, fetchstream,
+// jsonlongpoll) a page
 // joins a channel with a backlog of 10 events; 200 events are published and
 // must all arrive exactly once and in order; then the server cuts the page off
 // (GET /disconnect/<hostid>), 50 more are published while it is away, and it
-// must come back and report each of them exactly once too. Last, the demo
+// must come back and report each of them exactly once too. Then a page behind
+// a proxy that refuses WebSocket upgrades must fall back to sse. Last, the demo
 // page (/) gets events from a terminal-style publisher and from its own form,
 // and a screenshot of it is written. Exits 0 when everything held.
 
 import { chromium } from 'playwright-core';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,7 +25,7 @@ const FLAGS = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
   '--disable-component-update', '--disable-sync', '--no-first-run',
 ];
-const TRANSPORTS = ['sse', 'fetchstream', 'jsonlongpoll'];
+const TRANSPORTS = ['websocket', 'sse', 'fetchstream', 'jsonlongpoll'];
 const WAIT = 15000; // ms allowed for any one expected thing to happen
 
 const [subscriberPort, controllerPort, screenshotPath] = process.argv.slice(2);
@@ -125,6 +128,7 @@ async function checkTransport(context, controller, mode) {
   const page = await context.newPage();
   const requests = [];
   page.on('request', (r) => { if (r.url().includes('/push/')) requests.push(r.url()); });
+  page.on('websocket', (ws) => { if (ws.url().includes('/push/')) requests.push(ws.url()); });
   await page.goto(`${origin}/test.html?mode=${mode}&channel=${channel}&backtrack=10`);
   await expectEvents(page, expected, `${mode}, backlog`);
 
@@ -155,6 +159,50 @@ async function checkTransport(context, controller, mode) {
   await page.close();
   console.log(`ok ${mode}: ${expected.length} events exactly once and in order, ` +
     `across a server-side disconnect (${requests.length} requests, ${Date.now() - started} ms)`);
+}
+
+/* A proxy that passes plain HTTP through to meteord but refuses every
+   Upgrade, as some proxies do. */
+function upgradeRefusingProxy() {
+  const server = createServer((req, res) => {
+    const upstream = httpRequest({
+      host: '127.0.0.1', port: Number(subscriberPort), path: req.url, method: req.method, headers: req.headers,
+    }, (answer) => {
+      res.writeHead(answer.statusCode, answer.headers);
+      res.flushHeaders();
+      answer.pipe(res);
+    });
+    upstream.on('error', () => res.destroy());
+    res.on('close', () => upstream.destroy());
+    req.pipe(upstream);
+  });
+  server.on('upgrade', (req, socket) => {
+    socket.end('HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
+}
+
+/* The best transport (websocket) cannot connect through the proxy: the page
+   falls back to sse and gets every event exactly once, in order. */
+async function checkFallback(context, controller) {
+  const started = Date.now();
+  const proxy = await upgradeRefusingProxy();
+  const channel = 'via-fallback';
+  const expected = await controller.publish(channel, texts('backlog', 10));
+  const page = await context.newPage();
+  await page.goto(`http://127.0.0.1:${proxy.address().port}/test.html?mode=stream&channel=${channel}&backtrack=10`);
+  await expectEvents(page, expected, 'fallback, backlog');
+  expected.push(...await controller.publish(channel, texts('live', 50)));
+  await expectEvents(page, expected, 'fallback, 50 live events');
+  const state = await page.evaluate(() => ({ mode: Meteor.mode, modes: window.seen.modes }));
+  if (state.mode !== 'sse' || JSON.stringify(state.modes) !== '["sse"]') {
+    throw new Error(`fallback: expected websocket then sse, got ${JSON.stringify(state)}`);
+  }
+  await page.close();
+  proxy.closeAllConnections();
+  proxy.close();
+  console.log(`ok fallback: websocket refused by a proxy, sse took over with ${expected.length} events ` +
+    `exactly once and in order (${Date.now() - started} ms)`);
 }
 
 async function demoScreenshot(context, controller) {
@@ -190,6 +238,7 @@ const controller = await Controller.open(Number(controllerPort));
 let failed = false;
 try {
   for (const mode of TRANSPORTS) await checkTransport(context, controller, mode);
+  await checkFallback(context, controller);
   await demoScreenshot(context, controller);
 } catch (e) {
   console.error(`FAILED: ${e.message}`);

@@ -8,6 +8,9 @@ use crate::wire::unescape;
 /// Default streaming request: the `[bench]` mode of tools/compare.sh's meteord config.
 const STREAM_REQUEST: &str =
     "GET /push/{host}/bench/{channel} HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n";
+/// Streaming request with `--websocket`: a WebSocket handshake for the
+/// `[benchws]` mode (events arrive as text frames after `101`).
+const WS_REQUEST: &str = "GET /push/{host}/benchws/{channel} HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n";
 /// Default first long-poll request (`[benchlp]`: Persist 1, MaxMessages 1).
 const LP_FIRST: &str =
     "GET /push/{host}/benchlp/{channel} HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n";
@@ -193,6 +196,11 @@ fn options() -> getopts::Options {
         "longpoll",
         "long-poll clients: request, one event, reconnect with the next id",
     );
+    o.optflag(
+        "",
+        "websocket",
+        "WebSocket subscribers: the default request is a handshake for [benchws]",
+    );
     o.optflag("", "json", "print one JSON object instead of a table");
     o.optopt("", "label", "scenario name in the output", "NAME");
     o.optopt(
@@ -274,7 +282,13 @@ pub fn parse(args: &[String]) -> Result<Option<Opts>, String> {
         )?),
     };
     let request = m.opt_str("request");
-    let default_req = if longpoll { LP_FIRST } else { STREAM_REQUEST };
+    let default_req = if longpoll {
+        LP_FIRST
+    } else if m.opt_present("websocket") {
+        WS_REQUEST
+    } else {
+        STREAM_REQUEST
+    };
     let next_default = if request.is_some() {
         request.clone().unwrap_or_default()
     } else {

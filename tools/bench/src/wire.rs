@@ -79,6 +79,21 @@ pub enum Body {
     Length(u64),
     /// Chunked transfer coding, in the given decoder state.
     Chunked(Chunk),
+    /// WebSocket frames after a `101`: text payloads are the content.
+    WebSocket(Frames),
+}
+
+/// WebSocket frame decoder state (RFC 6455; server frames are unmasked,
+/// a masked one is skipped the same way).
+#[derive(Debug, Default)]
+pub struct Frames {
+    /// Header bytes of the frame being read.
+    head: Vec<u8>,
+    /// Payload bytes left in the current frame.
+    left: u64,
+    opcode: u8,
+    /// A close frame came.
+    closed: bool,
 }
 
 /// Chunked decoder state.
@@ -118,6 +133,46 @@ impl Body {
                 }
                 *left -= n as u64;
                 (n, *left == 0)
+            }
+            Body::WebSocket(f) => {
+                while !input.is_empty() {
+                    if f.left > 0 {
+                        let n = f.left.min(input.len() as u64) as usize;
+                        if f.opcode <= 2 {
+                            sink(&input[..n]);
+                        }
+                        input = &input[n..];
+                        f.left -= n as u64;
+                        continue;
+                    }
+                    if f.closed {
+                        break;
+                    }
+                    f.head.push(input[0]);
+                    input = &input[1..];
+                    let Some(&b1) = f.head.get(1) else {
+                        continue;
+                    };
+                    let ext = match b1 & 0x7f {
+                        126 => 2,
+                        127 => 8,
+                        _ => 0,
+                    };
+                    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+                    if f.head.len() < 2 + ext + mask {
+                        continue;
+                    }
+                    f.left = match ext {
+                        0 => u64::from(b1 & 0x7f),
+                        _ => f.head[2..2 + ext]
+                            .iter()
+                            .fold(0, |n, &b| n << 8 | u64::from(b)),
+                    };
+                    f.opcode = f.head[0] & 0x0f;
+                    f.closed = f.opcode == 8;
+                    f.head.clear();
+                }
+                (total - input.len(), f.closed && f.left == 0)
             }
             Body::Chunked(state) => {
                 while !input.is_empty() {
@@ -312,6 +367,24 @@ mod tests {
         }
         assert_eq!(got, vec![b"ab".to_vec(), b"cd".to_vec(), b"".to_vec()]);
         assert_eq!(s.pending(), 2);
+    }
+
+    #[test]
+    fn websocket_frames() {
+        let mut body = Body::WebSocket(Frames::default());
+        let mut raw = vec![0x81, 3];
+        raw.extend_from_slice(b"ab\n");
+        raw.extend_from_slice(&[0x89, 0]);
+        raw.extend_from_slice(&[0x81, 126, 0, 200]);
+        raw.extend_from_slice(&[b'y'; 200]);
+        raw.extend_from_slice(&[0x88, 2, 3, 0xe8]);
+        let mut out = Vec::new();
+        let mut done = false;
+        for b in raw.chunks(1) {
+            done = body.feed(b, |s| out.extend_from_slice(s)).1;
+        }
+        assert!(done);
+        assert_eq!(out, [&b"ab\n"[..], &[b'y'; 200]].concat());
     }
 
     #[test]

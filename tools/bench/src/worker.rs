@@ -433,7 +433,8 @@ impl Worker<'_> {
                 let Some(head) = parse_head(&buf[..len]) else {
                     return Step::Failed;
                 };
-                if !(200..300).contains(&head.status) {
+                let websocket = head.status == 101;
+                if !(200..300).contains(&head.status) && !websocket {
                     tally.bad_status += 1;
                     if !opts.longpoll || head.status != 304 {
                         return Step::Failed;
@@ -446,7 +447,11 @@ impl Worker<'_> {
                     sub.etag = head.etag;
                 }
                 let rest = buf.split_off(len);
-                let mut body = head.body;
+                let mut body = if websocket {
+                    Body::WebSocket(Default::default())
+                } else {
+                    head.body
+                };
                 let done = feed(&mut body, &rest, sub, opts, tally, hist);
                 sub.state = State::Body {
                     body,
