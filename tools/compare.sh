@@ -91,9 +91,14 @@ MessageTemplate ~id~ ~text~\n
 Persist 1
 CONF
 
+# The BASELINE build may predate the WebSocket keys: it gets the rest.
+sed '/^# WebSocket subscribers/,$d' "$TMP/meteord.conf" >"$TMP/baseline.conf"
+
 # Starts meteord on ephemeral ports; sets SERVER_PID, SUB_PORT, CTL_PORT.
 start_meteord() {
-    "${1:-$METEORD}" -ConfigFileLocation "$TMP/meteord.conf" -SyslogFacility none -SubscriberIP 127.0.0.1 \
+    local conf=$TMP/meteord.conf
+    [ "${1:-$METEORD}" = "$BASELINE" ] && conf=$TMP/baseline.conf
+    "${1:-$METEORD}" -ConfigFileLocation "$conf" -SyslogFacility none -SubscriberIP 127.0.0.1 \
         -SubscriberPort 0 -ControllerIP 127.0.0.1 -ControllerPort 0 2>"$TMP/meteord.log" &
     SERVER_PID=$!
     SUB_PORT="" CTL_PORT=""
