@@ -17,3 +17,4 @@ pub mod server;
 pub mod stats;
 pub mod subscriber;
 pub mod template;
+pub mod token;
