@@ -173,6 +173,14 @@ pub struct Config {
     pub controller_idle_timeout: u64,
     /// `ControllerPassword`; None when empty.
     pub controller_password: Option<Vec<u8>>,
+    /// `SubscriberSecret`: the secrets tokens may be signed with, the one
+    /// `meteord -token` signs with first; empty when there are no private
+    /// channels.
+    pub subscriber_secrets: Vec<Vec<u8>>,
+    /// `PrivateChannels`, split on whitespace; empty without a secret.
+    pub private_channels: Vec<Vec<u8>>,
+    /// `SubscriberTokenCookie`; None when empty.
+    pub token_cookie: Option<String>,
     pub limits: Limits,
     /// `RedisAddress`, parsed; None when standalone.
     pub redis: Option<RedisSettings>,
@@ -301,6 +309,72 @@ impl Reader<'_> {
     }
 }
 
+/// The subscriber secrets, newest first.
+type Secrets = Vec<Vec<u8>>;
+/// Channel name patterns (see `token::pattern`).
+type Patterns = Vec<Vec<u8>>;
+
+/// `SubscriberSecret` and `PrivateChannels`: the secrets (one, or two
+/// while rotating), and the patterns they protect. Refused: more than two
+/// secrets, a secret equal to `ControllerPassword` (a subscriber could
+/// then publish), and patterns other than the default without a secret
+/// (they would protect nothing).
+fn private_channels(
+    r: &Reader,
+    controller_password: Option<&[u8]>,
+) -> Result<(Secrets, Patterns), ConfigError> {
+    let secrets: Vec<Vec<u8>> = r
+        .string(&SUBSCRIBER_SECRET, None)?
+        .split_whitespace()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    if secrets.len() > 2 {
+        return Err(error(format!(
+            "{}: at most two secrets (the new one, then the old one while rotating)",
+            SUBSCRIBER_SECRET.name
+        )));
+    }
+    if let Some(password) = controller_password
+        && secrets.iter().any(|s| s == password)
+    {
+        return Err(error(format!(
+            "{} must not be the same as {}: whoever holds a subscriber token's secret could publish",
+            SUBSCRIBER_SECRET.name, CONTROLLER_PASSWORD.name
+        )));
+    }
+    let patterns = r.string(&PRIVATE_CHANNELS, None)?;
+    let patterns: Vec<Vec<u8>> = patterns
+        .split_whitespace()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+    if secrets.is_empty() {
+        let default: Vec<&[u8]> = PRIVATE_CHANNELS
+            .default
+            .split_whitespace()
+            .map(str::as_bytes)
+            .collect();
+        if !patterns.is_empty() && patterns.iter().map(Vec::as_slice).ne(default) {
+            return Err(error(format!(
+                "{} is set but {} is empty: no token could be checked, so no channel would be private",
+                PRIVATE_CHANNELS.name, SUBSCRIBER_SECRET.name
+            )));
+        }
+        return Ok((Vec::new(), Vec::new()));
+    }
+    Ok((secrets, patterns))
+}
+
+/// A warning for secrets too short to resist guessing offline (RFC 7518
+/// 3.2 asks for keys at least as long as the hash, 32 bytes).
+fn short_secret_warning(secrets: &[Vec<u8>]) -> Option<String> {
+    secrets.iter().any(|s| s.len() < 32).then(|| {
+        format!(
+            "{}: a secret shorter than 32 bytes can be guessed from any token it signed; use 32 random bytes or more",
+            SUBSCRIBER_SECRET.name
+        )
+    })
+}
+
 impl Config {
     fn from_raw(raw: &RawSettings, file: PathBuf) -> Result<Config, ConfigError> {
         let r = Reader { raw };
@@ -366,6 +440,9 @@ impl Config {
                 UDP_PORT.name, CONTROLLER_PASSWORD.name, UDP_ALLOW_UNAUTHENTICATED.name
             )));
         }
+        let (subscriber_secrets, private_channels) =
+            private_channels(&r, controller_password.as_deref())?;
+        warnings.extend(short_secret_warning(&subscriber_secrets));
         let controller_ip = r.ip(&CONTROLLER_IP, loopback)?;
         let mut controller_hosts: Vec<String> = r
             .string(&CONTROLLER_HOSTS, None)?
@@ -417,6 +494,10 @@ impl Config {
             max_channels: r.size(&MAX_CHANNELS)?,
             controller_shutdown: r.text(&CONTROLLER_SHUTDOWN_MSG, None),
             controller_password,
+            subscriber_secrets,
+            private_channels,
+            token_cookie: Some(r.string(&SUBSCRIBER_TOKEN_COOKIE, None)?.trim().to_owned())
+                .filter(|c| !c.is_empty()),
             controller_idle_timeout: r.number(&CONTROLLER_IDLE_TIMEOUT, None)?,
             controller_command_timeout: r.number(&CONTROLLER_COMMAND_TIMEOUT, None)?,
             redis: match r.string(&REDIS_ADDRESS, None)?.trim() {

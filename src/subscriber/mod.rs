@@ -4,10 +4,12 @@
 //! fixed reply before closing.
 
 pub mod documents;
+pub mod private;
 pub mod route;
 pub mod stream;
 
 use crate::channel::Backlog;
+use crate::config::keys::MAX_SECONDS;
 use crate::config::{Config, Mode};
 use crate::conn::{ConnId, Reason, Step};
 use crate::http::{self, HttpError};
@@ -74,6 +76,8 @@ struct StreamRequest {
     user_agent: String,
     cors: String,
     defs: Vec<ChannelDef>,
+    /// What its token allowed (private channels, bound hostid).
+    access: private::Access,
 }
 
 /// A push request waiting for its channels.
@@ -112,6 +116,19 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// How long until Unix time `secs` (zero if past), to the nanosecond and
+/// at most ten years, like every other deadline.
+fn until_unix(secs: u64) -> Duration {
+    let most = Duration::from_secs(MAX_SECONDS);
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .map_or(most, |at| {
+            at.duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .min(most)
+        })
 }
 
 /// Renders a mode's header template with a status, channel info and CORS lines.
@@ -166,7 +183,10 @@ impl Subscriber {
                 let stall = s
                     .blocked_since
                     .map(|t| t + Duration::from_secs(write_timeout));
-                [s.next_ping, s.ends_at, stall].into_iter().flatten().min()
+                [s.next_ping, s.ends_at, stall, s.token_expires]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
         }
     }
@@ -274,6 +294,9 @@ impl Subscriber {
                 if s.ends_at.is_some_and(|t| t <= now) {
                     return Step::Close(Reason::MaxTime);
                 }
+                if s.token_expires.is_some_and(|t| t <= now) {
+                    return self.kick(ctx, Reason::TokenExpired);
+                }
                 let stall = Duration::from_secs(ctx.config.limits.write_timeout);
                 if s.blocked_since.is_some_and(|t| t + stall <= now) {
                     return Step::Close(Reason::WriteTimeout);
@@ -364,7 +387,12 @@ impl Subscriber {
             Ok(request) => request,
             Err(error) => return self.fail(ctx, error),
         };
-        debug!("{}: {} {}", self.peer, request.method, request.target);
+        debug!(
+            "{}: {} {}",
+            self.peer,
+            request.method,
+            private::redact(&request.target)
+        );
         let limits = RouteLimits {
             channel_name_length: ctx.config.limits.channel_name_length,
             channels_per_request: ctx.config.limits.channels_per_request,
@@ -376,6 +404,22 @@ impl Subscriber {
         };
         let global = &ctx.config.global_mode;
         let cors = http::cors_lines(&ctx.config.allowed_origins, request.origin.as_deref());
+        // Private channels and bound hostids: a token, or a refusal.
+        let access = match private::check(
+            &route,
+            &request,
+            ctx.config,
+            ctx.hosts,
+            self.peer,
+            unix_now(),
+        ) {
+            Ok(access) => access,
+            Err(denied) => {
+                ctx.stats.errors_served += 1;
+                let bytes = denied.response(&cors);
+                return self.reply(bytes.into(), Reason::Unauthorized, ctx);
+            }
+        };
         match route {
             Route::Push {
                 hostid,
@@ -401,12 +445,13 @@ impl Subscriber {
                     user_agent: request.user_agent,
                     cors,
                     defs: channels,
+                    access,
                 };
                 self.stream_when_ready(request, ctx);
             }
             Route::Disconnect { hostid } => {
-                if let Some(&other) = ctx.hosts.get(hostid.as_str()) {
-                    ctx.kicks.push((other, Reason::DisconnectRequested));
+                if let Some(other) = ctx.hosts.get(hostid.as_str()) {
+                    ctx.kicks.push((other.conn, Reason::DisconnectRequested));
                 }
                 let bytes = header(&global.header, "200 OK", b"", &cors);
                 self.reply(bytes.into(), Reason::ResponseComplete, ctx);
@@ -494,11 +539,16 @@ impl Subscriber {
             user_agent,
             cors,
             defs,
+            access,
         } = request;
+        let host = stream::Host {
+            conn: ctx.id,
+            bound: access.bound,
+        };
         if mode.persist
-            && let Some(old) = ctx.hosts.insert(hostid.as_str().into(), ctx.id)
+            && let Some(old) = ctx.hosts.insert(hostid.as_str().into(), host)
         {
-            ctx.kicks.push((old, Reason::Replaced));
+            ctx.kicks.push((old.conn, Reason::Replaced));
         }
         let channels = &mut ctx.hub.channels;
         // Channel info describes each channel before this subscriber joins.
@@ -559,6 +609,8 @@ impl Subscriber {
                 None
             },
             ends_at: secs(mode.max_time),
+            // At most ten years ahead, like every other deadline.
+            token_expires: access.expires.map(|exp| ctx.now + until_unix(exp)),
             mode,
             cursors,
             out,

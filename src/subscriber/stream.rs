@@ -16,7 +16,16 @@ use std::time::Instant;
 
 /// Persistent subscribers by hostid: a new request with the same hostid
 /// replaces the one registered.
-pub type Hosts = HashMap<Box<str>, ConnId>;
+pub type Hosts = HashMap<Box<str>, Host>;
+
+/// The persistent subscriber registered under a hostid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    pub conn: ConnId,
+    /// Its token is bound to the hostid: replacing or disconnecting it
+    /// needs a token bound to it too (see `private`).
+    pub bound: bool,
+}
 
 /// A subscriber reading channels.
 pub struct Streaming {
@@ -29,6 +38,9 @@ pub struct Streaming {
     pub started: Instant,
     pub next_ping: Option<Instant>,
     pub ends_at: Option<Instant>,
+    /// When its token expires: it is then closed like a kick, with the
+    /// mode's shutdown message.
+    pub token_expires: Option<Instant>,
     /// Set while the socket would block with bytes still to send.
     pub blocked_since: Option<Instant>,
     /// Whether its cursors are pinned in their channels (see `Channels::pin`).
@@ -73,7 +85,7 @@ impl Streaming {
             }
             channels.detach(cursor, self.mode.persist);
         }
-        if self.mode.persist && hosts.get(&self.hostid) == Some(&id) {
+        if self.mode.persist && hosts.get(&self.hostid).map(|h| h.conn) == Some(id) {
             hosts.remove(&self.hostid);
         }
     }
