@@ -681,6 +681,70 @@ mod tests {
     }
 
     #[test]
+    fn private_channel_settings() -> Result<(), ConfigError> {
+        // Without a secret nothing is private, whatever the default pattern.
+        let c = config("", &[])?;
+        assert!(c.subscriber_secrets.is_empty() && c.private_channels.is_empty());
+        assert_eq!(c.token_cookie.as_deref(), Some("meteord_token"));
+        let c = config(
+            "SubscriberSecret new old\nPrivateChannels private-* user-*\n",
+            &["-SubscriberTokenCookie", ""],
+        )?;
+        assert_eq!(c.subscriber_secrets, vec![b"new".to_vec(), b"old".to_vec()]);
+        assert_eq!(
+            c.private_channels,
+            vec![b"private-*".to_vec(), b"user-*".to_vec()]
+        );
+        assert_eq!(c.token_cookie, None);
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("shorter than 32 bytes"))
+        );
+        let c = config("SubscriberSecret s\n", &[])?;
+        assert_eq!(c.private_channels, vec![b"private-*".to_vec()]);
+        let e = refusal("SubscriberSecret", "a b c");
+        assert!(
+            e.starts_with("SubscriberSecret: at most two secrets"),
+            "{e}"
+        );
+        let e = config("ControllerPassword pw\nSubscriberSecret new pw\n", &[]).err();
+        assert!(e.is_some_and(
+            |e| e.0.contains("must not be the same as ControllerPassword") && !e.0.contains("pw")
+        ));
+        let (action, raw) = parse_args(&args(&[
+            "-token",
+            "private-a,user-*",
+            "60",
+            "h1",
+            "-SubscriberSecret",
+            "x",
+        ]))?;
+        assert_eq!(
+            action,
+            Action::Token {
+                channels: vec!["private-a".into(), "user-*".into()],
+                seconds: 60,
+                hostid: Some("h1".into()),
+            }
+        );
+        assert_eq!(raw.get(&SUBSCRIBER_SECRET, None), Some("x"));
+        for bad in [
+            &["-token"][..],
+            &["-token", "a"],
+            &["-token", "a", "0"],
+            &["-token", "a", "x"],
+            &["-token", "", "5"],
+            &["-token", "a", "5", "h!"],
+        ] {
+            assert!(parse_args(&args(bad)).is_err(), "{bad:?}");
+        }
+        let e = refusal("PrivateChannels", "user-*");
+        assert!(e.contains("SubscriberSecret is empty"), "{e}");
+        Ok(())
+    }
+
+    #[test]
     fn flags_and_texts_take_any_value_they_always_took() -> Result<(), ConfigError> {
         let c = config(
             "",
