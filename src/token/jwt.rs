@@ -105,14 +105,50 @@ impl Claims {
     }
 }
 
-/// Unix seconds from a NumericDate (fractions dropped; before 1970 is 0).
+/// Unix seconds from a NumericDate (RFC 7519 2): fractions dropped, a
+/// date before 1970 is 0, one past the largest u64 is that (far away
+/// either way). Works on the number as written, exponent included, with
+/// integers only.
 fn seconds(value: &Json) -> Option<u64> {
-    match value {
-        // Saturating: a date past u64 is simply far away.
-        Json::Number(n) if *n >= 0.0 => Some(n.floor() as u64),
-        Json::Number(_) => Some(0),
-        _ => None,
+    let Json::Number(text) = value else {
+        return None;
+    };
+    if text.starts_with('-') {
+        return Some(0);
     }
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => {
+            let (negative, digits) = match e.as_bytes().first() {
+                Some(b'-') => (true, &e[1..]),
+                Some(b'+') => (false, &e[1..]),
+                _ => (false, e),
+            };
+            // Capped: past 10^40 every value saturates or vanishes anyway.
+            let n = digits.bytes().fold(0i64, |n, d| {
+                (n * 10 + i64::from(d.wrapping_sub(b'0'))).min(1000)
+            });
+            (m, if negative { -n } else { n })
+        }
+        None => (text.as_str(), 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    // value = digits(int frac) * 10^(exponent - frac.len())
+    let shift = exponent - frac.len() as i64;
+    let digits = int.bytes().chain(frac.bytes());
+    let count = int.len() + frac.len();
+    let keep = if shift < 0 {
+        count.saturating_sub(shift.unsigned_abs() as usize)
+    } else {
+        count
+    };
+    let mut n = digits.take(keep).fold(0u64, |n, d| {
+        n.saturating_mul(10)
+            .saturating_add(u64::from(d.wrapping_sub(b'0')))
+    });
+    for _ in 0..shift.clamp(0, 40) {
+        n = n.saturating_mul(10);
+    }
+    Some(n)
 }
 
 /// Reads and checks a token presented at Unix time `now` against the
@@ -402,6 +438,31 @@ mod tests {
             verify(bad_b64.as_bytes(), &k, NOW),
             Err(Refusal::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn numeric_dates() {
+        let cases = [
+            ("0", 0),
+            ("1700000000", 1_700_000_000),
+            ("1700000000.999", 1_700_000_000),
+            ("-5", 0),
+            ("-0.5", 0),
+            ("1.7e9", 1_700_000_000),
+            ("17E+8", 1_700_000_000),
+            ("1700000000e-3", 1_700_000),
+            ("5e-1", 0),
+            ("1e-99999999999999999999", 0),
+            ("1e19", 10_000_000_000_000_000_000),
+            ("1e20", u64::MAX),
+            ("1e99999999999999999999", u64::MAX),
+            ("0e99999", 0),
+            ("99999999999999999999999", u64::MAX),
+        ];
+        for (text, want) in cases {
+            assert_eq!(seconds(&Json::Number(text.into())), Some(want), "{text}");
+        }
+        assert_eq!(seconds(&Json::String("1".into())), None);
     }
 
     #[test]
