@@ -706,3 +706,17 @@ fn debug_logs_hide_the_token_of_the_query_string() {
     .expect("the request in the debug log, token hidden");
     assert_never_logged(&s, &[SECRET, &token]);
 }
+
+#[test]
+#[ignore = "needs node and tests/browser/node_modules (cd tests/browser && npm ci): run with --include-ignored"]
+fn max_time_before_the_token_expires_still_ends_as_max_time() {
+    let s = server(&["-MaxTime.stream", "1"]);
+    let token = token_for(&["private-a"], 600, "");
+    let mut c = subscribe_with(&s, "/push/h1/stream/private-a", &bearer(&token));
+    // MaxTime closes without the shutdown message, as it always did.
+    assert_eq!(c.read_to_end(WAIT), b"");
+    let line = s
+        .wait_log(WAIT, |l| l.contains("leavechannel\t"))
+        .expect("a leavechannel record");
+    assert!(line.ends_with("\tmaxTime"), "{line}");
+}

@@ -183,10 +183,7 @@ impl Subscriber {
                 let stall = s
                     .blocked_since
                     .map(|t| t + Duration::from_secs(write_timeout));
-                [s.next_ping, s.ends_at, stall, s.token_expires]
-                    .into_iter()
-                    .flatten()
-                    .min()
+                [s.next_ping, s.ends_at, stall].into_iter().flatten().min()
             }
         }
     }
@@ -292,10 +289,10 @@ impl Subscriber {
             State::Reply(r) if r.deadline <= now => return Step::Close(Reason::WriteTimeout),
             State::Streaming(s) => {
                 if s.ends_at.is_some_and(|t| t <= now) {
+                    if s.ends_by_token {
+                        return self.kick(ctx, Reason::TokenExpired);
+                    }
                     return Step::Close(Reason::MaxTime);
-                }
-                if s.token_expires.is_some_and(|t| t <= now) {
-                    return self.kick(ctx, Reason::TokenExpired);
                 }
                 let stall = Duration::from_secs(ctx.config.limits.write_timeout);
                 if s.blocked_since.is_some_and(|t| t + stall <= now) {
@@ -601,6 +598,13 @@ impl Subscriber {
             max => max.max(backlog),
         };
         let secs = |s: u64| (s > 0).then(|| ctx.now + Duration::from_secs(s));
+        // The stream ends at MaxTime, or when its token expires if sooner.
+        let token_end = access.expires.map(|exp| ctx.now + until_unix(exp));
+        let (ends_at, ends_by_token) = match (secs(mode.max_time), token_end) {
+            (Some(max_time), Some(token)) if token < max_time => (Some(token), true),
+            (None, Some(token)) => (Some(token), true),
+            (max_time, _) => (max_time, false),
+        };
         self.state = State::Streaming(Streaming {
             hostid: hostid.into(),
             next_ping: if mode.persist {
@@ -608,9 +612,8 @@ impl Subscriber {
             } else {
                 None
             },
-            ends_at: secs(mode.max_time),
-            // At most ten years ahead, like every other deadline.
-            token_expires: access.expires.map(|exp| ctx.now + until_unix(exp)),
+            ends_at,
+            ends_by_token,
             mode,
             cursors,
             out,

@@ -38,9 +38,9 @@ pub struct Streaming {
     pub started: Instant,
     pub next_ping: Option<Instant>,
     pub ends_at: Option<Instant>,
-    /// When its token expires: it is then closed like a kick, with the
-    /// mode's shutdown message.
-    pub token_expires: Option<Instant>,
+    /// `ends_at` is when its token expires (before `MaxTime`, if any): it
+    /// is then closed like a kick, with the mode's shutdown message.
+    pub ends_by_token: bool,
     /// Set while the socket would block with bytes still to send.
     pub blocked_since: Option<Instant>,
     /// Whether its cursors are pinned in their channels (see `Channels::pin`).
