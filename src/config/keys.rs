@@ -423,7 +423,7 @@ keys! {
         default: "private-*",
         scope: Scope::Global,
         kind: Kind::Text,
-        help: "Channel name patterns (space-separated, * = any run of characters) that only a subscriber with a token granting them may read; in force only when SubscriberSecret is set",
+        help: "Channel name patterns (separated by spaces or commas, * = any run of characters) that only a subscriber with a token granting them may read; in force only when SubscriberSecret is set",
     };
     REDIS_ADDRESS = Key {
         name: "RedisAddress",

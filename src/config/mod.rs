@@ -343,8 +343,10 @@ fn private_channels(
         )));
     }
     let patterns = r.string(&PRIVATE_CHANNELS, None)?;
+    // Commas separate too: no channel name contains one.
     let patterns: Vec<Vec<u8>> = patterns
-        .split_whitespace()
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
         .map(|p| p.as_bytes().to_vec())
         .collect();
     if secrets.is_empty() {
@@ -700,6 +702,11 @@ mod tests {
             c.warnings
                 .iter()
                 .any(|w| w.contains("shorter than 32 bytes"))
+        );
+        let c = config("SubscriberSecret s\nPrivateChannels a-*, b-*,c\n", &[])?;
+        assert_eq!(
+            c.private_channels,
+            vec![b"a-*".to_vec(), b"b-*".to_vec(), b"c".to_vec()]
         );
         let c = config("SubscriberSecret s\n", &[])?;
         assert_eq!(c.private_channels, vec![b"private-*".to_vec()]);

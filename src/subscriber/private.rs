@@ -31,7 +31,9 @@ pub struct Access {
 /// A refused request: why, and the private channel concerned if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied {
+    /// Why.
     pub refusal: Refusal,
+    /// The private channel not granted, for `ChannelNotGranted`.
     pub channel: Option<String>,
 }
 

@@ -21,6 +21,7 @@ pub type Hosts = HashMap<Box<str>, Host>;
 /// The persistent subscriber registered under a hostid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Host {
+    /// The connection registered.
     pub conn: ConnId,
     /// Its token is bound to the hostid: replacing or disconnecting it
     /// needs a token bound to it too (see `private`).

@@ -10,12 +10,16 @@ const MAX_DEPTH: usize = 16;
 /// A JSON value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Json {
+    /// `null`.
     Null,
+    /// `true` or `false`.
     Bool(bool),
     /// A number as written (checked against the JSON grammar): the reader
     /// of a claim decides what it needs, and no float parsing is linked in.
     Number(String),
+    /// A string, escapes resolved.
     String(String),
+    /// An array of values.
     Array(Vec<Json>),
     /// Members in their order; names are distinct.
     Object(Vec<(String, Json)>),
