@@ -1671,7 +1671,10 @@ fn a_controller_that_never_authenticates_is_cut_off() {
             break;
         }
     }
-    assert!(answers.starts_with("ERR Not authenticated\r\n"), "{answers:?}");
+    assert!(
+        answers.starts_with("ERR Not authenticated\r\n"),
+        "{answers:?}"
+    );
     assert!(answers.ends_with("ERR Timeout\r\n"), "{answers:?}");
     w.conn.expect_eof();
 }
