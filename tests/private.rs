@@ -720,3 +720,58 @@ fn max_time_before_the_token_expires_still_ends_as_max_time() {
         .expect("a leavechannel record");
     assert!(line.ends_with("\tmaxTime"), "{line}");
 }
+
+#[test]
+#[ignore = "needs node and tests/browser/node_modules (cd tests/browser && npm ci): run with --include-ignored"]
+fn rotation_by_reload_keeps_streams_and_refuses_a_secret_equal_to_the_password() {
+    const NEW: &str = "rotated-secret-0123456789abcdef0123";
+    let conf = |settings: &str| format!("{settings}\n{TEST_CONF}");
+    let s = Server::start(&[], &conf(&format!("SubscriberSecret {SECRET}")));
+    let reload = |settings: &str, reloads: usize| {
+        std::fs::write(&s.conf_path, conf(settings)).expect("rewrite the configuration");
+        s.signal("HUP");
+        assert!(
+            eventually(WAIT, || s
+                .logs()
+                .iter()
+                .filter(|l| l.contains("SIGHUP: "))
+                .count()
+                >= reloads),
+            "no SIGHUP line"
+        );
+    };
+    let claims = format!(
+        "{{\"channels\":[\"private-a\"],\"exp\":{}}}",
+        now_unix() + 600
+    );
+    let old = sign(&claims, SECRET, "HS256");
+    let new = sign(&claims, NEW, "HS256");
+    let mut first = subscribe_with(&s, "/push/h1/stream/private-a", &bearer(&old));
+    // 1. Both secrets, the new one first.
+    reload(&format!("SubscriberSecret {NEW} {SECRET}"), 1);
+    subscribe_with(&s, "/push/h2/stream/private-a", &bearer(&new));
+    subscribe_with(&s, "/push/h3/stream/private-a", &bearer(&old));
+    // 2. The old one dropped: its tokens are refused, open streams stay.
+    reload(&format!("SubscriberSecret {NEW}"), 2);
+    assert_eq!(
+        get_with(&s, "/push/h4/stream/private-a", &bearer(&old)),
+        unauthorized("bad signature")
+    );
+    let id = s.ctl().add("private-a", "still here");
+    first.expect_str(&format!("{id}:private-a:still here\n"));
+    // A reload that would make the secret the controller password is refused.
+    reload(
+        &format!("SubscriberSecret {NEW}\nControllerPassword {NEW}"),
+        3,
+    );
+    let kept = s
+        .wait_log(WAIT, |l| {
+            l.contains("SIGHUP: keeping the running configuration")
+        })
+        .expect("the reload refused");
+    assert!(
+        kept.contains("must not be the same as ControllerPassword"),
+        "{kept}"
+    );
+    assert_never_logged(&s, &[SECRET, NEW, &old, &new]);
+}
