@@ -203,6 +203,52 @@
     jsonlongpoll: (url, conn) => openFetch(url, conn, false),
   };
 
+  /* ---- private channels: the page's token (README, "Private channels") ----
+     Meteor.token is null, a string, or a function fn(previous) that returns the
+     token or a Promise of it. The function is asked before every connection,
+     so the page decides how to refresh: previous is the token of the last
+     connection if that one ended normally (a long-poll reply), else null (the
+     first connection, or the server refused the token or closed the stream at
+     its exp, or the connection failed): then the page should hand a fresh one.
+     The token travels as the token= query parameter. */
+  const tokens = {
+    last: null,      // the token of the last connection, while it is still good
+    used: false,     // the connection in flight carries a token
+    excused: false,  // one refusal was already put down to the token
+    get(then, fail) {
+      const hook = Meteor.token;
+      if (typeof hook !== 'function') {
+        tokens.used = Boolean(hook);
+        return then(hook || null);
+      }
+      let result;
+      try {
+        result = hook(tokens.last);
+      } catch (e) {
+        return fail(e);
+      }
+      Promise.resolve(result).then((token) => {
+        tokens.last = token || null;
+        tokens.used = Boolean(token);
+        then(tokens.last);
+      }, fail);
+    },
+    ended(normal) {
+      if (!normal) tokens.last = null;
+    },
+    opened() {
+      tokens.excused = false;
+    },
+    /* EventSource cannot tell a 401 from a server without the mode: the first
+       refusal of a connection with a token is put down to the token (a fresh
+       one is asked for), a second one to the transport. */
+    refusedByToken() {
+      if (!tokens.used || tokens.excused) return false;
+      tokens.excused = true;
+      return true;
+    },
+  };
+
   /* ---- the connection cycle ---- */
 
   function deliver(id, name, text) {
@@ -259,6 +305,7 @@
       done = true;
       current = null;
       close();
+      tokens.ended(reason === 'resync' || (reason === 'done' && mode === 'jsonlongpoll'));
       if (reason instanceof Error) log('connection failed:', reason.message);
       if (reason === 'eof') {
         setStatus(6);
@@ -271,7 +318,7 @@
       if (reason === 'done' && mode === 'jsonlongpoll' && (delivered > 0 || lived >= QUICK_REPLY)) {
         return schedule(0); // the normal end of a long-poll reply
       }
-      if (reason === 'refused') fallBack(mode);
+      if (reason === 'refused' && !tokens.refusedByToken()) fallBack(mode);
       if (reason !== 'eof') fire('reset');
       failures++;
       schedule(backoff());
@@ -281,6 +328,7 @@
       opened() {
         if (done) return;
         openedAt = Date.now();
+        tokens.opened();
         if (Meteor.status !== 5) setStatus(4);
       },
       record(rec) {
@@ -305,10 +353,14 @@
     };
 
     if (Meteor.status !== 4 && Meteor.status !== 5) setStatus(1);
-    const url = subscribeUrl(mode);
-    log('GET', url);
     current = conn;
-    close = OPEN[mode](url, conn);
+    close = () => {};
+    tokens.get((token) => {
+      if (done) return;
+      const url = subscribeUrl(mode);
+      log('GET', url); // without the token
+      close = OPEN[mode](token ? url + '&token=' + encodeURIComponent(token) : url, conn);
+    }, finish);
   }
 
   /* The server or the browser cannot do this transport: use the next one. */
@@ -337,6 +389,7 @@
     mode: 'stream',                    // 'stream' = the best transport, or 'websocket', 'sse', 'fetchstream', 'jsonlongpoll'
     pingtimeout: 30000,                // ms of silence after which a fetch connection is reopened (0 = never; a WebSocket is checked by the server's ping frames)
     debugmode: false,                  // log to the console
+    token: null,                       // private channels: a token, or fn(previous) returning one (or a Promise)
     status: 0,
 
     /* backtrack: n > 0 = the last n cached events first, 0 = only new ones,

@@ -61,6 +61,10 @@ pub enum Reason {
     TooManyConnections,
     LineTooLong,
     BadPassword,
+    /// A subscriber refused for its token (401) or what it grants (403).
+    Unauthorized,
+    /// A subscriber's token reached its `exp`.
+    TokenExpired,
     Quit,
     /// A socket error other than the peer going away.
     Error(io::ErrorKind),
@@ -89,6 +93,8 @@ impl Reason {
             Reason::TooManyConnections => "tooManyConnections",
             Reason::LineTooLong => "lineTooLong",
             Reason::BadPassword => "badPassword",
+            Reason::Unauthorized => "unauthorized",
+            Reason::TokenExpired => "tokenExpired",
             Reason::Quit => "quit",
             Reason::Error(_) => "error",
         }

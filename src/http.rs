@@ -41,6 +41,11 @@ pub struct RequestHead {
     pub last_event_id: Option<u64>,
     /// The WebSocket handshake headers, as sent.
     pub upgrade: UpgradeHeaders,
+    /// `Authorization` (the first one), where a subscriber token may travel
+    /// as `Bearer <token>`.
+    pub authorization: Option<String>,
+    /// Every `Cookie` header, where a subscriber token may travel too.
+    pub cookies: Vec<String>,
 }
 
 /// The headers of a WebSocket opening handshake (RFC 6455 4.1), every
@@ -227,6 +232,8 @@ pub fn parse_head(head: &[u8], max_headers: usize) -> Result<RequestHead, HttpEr
         user_agent: head.header("User-Agent").unwrap_or("-").to_owned(),
         origin: head.header("Origin").map(str::to_owned),
         last_event_id: head.header("Last-Event-ID").and_then(|v| v.parse().ok()),
+        authorization: head.header("Authorization").map(str::to_owned),
+        cookies: head.values("Cookie").map(str::to_owned).collect(),
         method: head.method,
         target: head.target,
     })

@@ -18,4 +18,5 @@ pub mod state_file;
 pub mod stats;
 pub mod subscriber;
 pub mod template;
+pub mod token;
 pub mod wsproto;

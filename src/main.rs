@@ -2,14 +2,39 @@
 //! line protocol; browsers receive them live over plain HTTP.
 
 use meteord::config::{self, Action};
-use meteord::{info, log, process, server};
+use meteord::{info, log, process, server, token};
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Stops start-up: the log lines so far, then the reason, then exit 1.
 fn die(reason: &dyn std::fmt::Display) -> ! {
     log::flush();
     eprintln!("meteord: {reason}");
     std::process::exit(1);
+}
+
+/// `-token`: prints a token signed with the first `SubscriberSecret`.
+fn print_token(
+    config: &config::Config,
+    channels: Vec<String>,
+    seconds: u64,
+    hostid: Option<String>,
+) {
+    let Some(secret) = config.subscriber_secrets.first() else {
+        die(
+            &"-token: SubscriberSecret is not set (in the configuration file or as -SubscriberSecret)",
+        );
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = token::Claims {
+        exp: now + seconds,
+        nbf: None,
+        channels,
+        hostid,
+    };
+    println!("{}", token::mint(secret, &claims));
 }
 
 fn main() {
@@ -27,12 +52,21 @@ fn main() {
             print!("{}", config::help());
             return;
         }
-        Action::Run => {}
+        Action::Run | Action::Token { .. } => {}
     }
     let config = match config::load(&command_line) {
         Ok(config) => config,
         Err(e) => die(&e),
     };
+    if let Action::Token {
+        channels,
+        seconds,
+        hostid,
+    } = action
+    {
+        print_token(&config, channels, seconds, hostid);
+        return;
+    }
     log::configure(config.debug, config.log_time_format);
     let syslog = config.syslog_facility.filter(|_| !config.debug);
     if let Some(facility) = syslog

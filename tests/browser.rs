@@ -114,7 +114,12 @@ fn meteor_js_in_chromium() {
     }
     // The demo page's form posts to the controller port, another origin
     // than the page's (a random port here): allow it.
-    let server = Server::start(&["-AllowedOrigins", "*"], include_str!("../meteor.conf"));
+    // Channels named private-* need a token (minted by run.mjs with this secret).
+    let secret = "browser-test-subscriber-secret-0123456789";
+    let server = Server::start(
+        &["-AllowedOrigins", "*", "-SubscriberSecret", secret],
+        include_str!("../meteor.conf"),
+    );
     fill_docroot(&server);
     let screenshot: PathBuf = repo().join("target/demo-screenshot.png");
     let (ok, output) = run_node(
@@ -123,6 +128,7 @@ fn meteor_js_in_chromium() {
             server.sub_addr.port().to_string(),
             server.ctl_addr.port().to_string(),
             screenshot.to_string_lossy().into_owned(),
+            secret.to_owned(),
         ],
     );
     assert!(

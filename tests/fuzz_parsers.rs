@@ -1,7 +1,7 @@
 //! Property and fuzz tests for every parser of meteord: the request head and
 //! its target, controller HTTP heads, channel definitions, controller lines,
 //! the configuration file and command line (values and escapes included)
-//! and templates.
+//! templates, and subscriber tokens (JWT, base64url, JSON).
 //!
 //! Each test feeds `METEORD_FUZZ_CASES` inputs (default 3,000: the short run
 //! that CI does with `cargo test`) to one parser: fully random bytes, random
@@ -25,6 +25,7 @@ use meteord::controller::http as control_http;
 use meteord::http::{self, HttpError};
 use meteord::subscriber::route::{self, ChannelDef, Route, RouteLimits};
 use meteord::template::{Escape, Placeholder, Template, Value};
+use meteord::token::{self, Claims, base64url, json};
 use std::fmt;
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -1195,4 +1196,109 @@ fn escapes() {
             assert_eq!(lossy(&write(Escape::Sse)), expected);
         }
     });
+}
+
+// ----------------------------------------------------------------------------
+// Subscriber tokens
+// ----------------------------------------------------------------------------
+
+const TOKEN_SECRET: &[u8] = b"fuzz-secret-0123456789abcdef0123";
+const TOKEN_NOW: u64 = 1_800_000_000;
+
+fn token_claims(channels: &[&str], hostid: Option<&str>) -> Claims {
+    Claims {
+        exp: TOKEN_NOW + 600,
+        nbf: None,
+        channels: channels.iter().map(|c| c.to_string()).collect(),
+        hostid: hostid.map(str::to_owned),
+    }
+}
+
+/// Random bytes and mutations of valid tokens: never a panic, and nothing
+/// but an unchanged valid token is ever accepted (a changed character is
+/// a changed signature, or a changed signed text).
+#[test]
+fn tokens() {
+    let valid: Vec<String> = [
+        token_claims(&["private-a"], None),
+        token_claims(&["private-*", "user-7", "\"\\\u{1}é"], Some("h1")),
+        token_claims(&[], None),
+    ]
+    .iter()
+    .map(|c| token::mint(TOKEN_SECRET, c))
+    .collect();
+    let corpus: Vec<&[u8]> = valid.iter().map(|t| t.as_bytes()).collect();
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ ";
+    fuzz("tokens", &corpus, alphabet, |bytes| {
+        let result = token::verify(bytes, &[TOKEN_SECRET], TOKEN_NOW);
+        if result.is_ok() {
+            assert!(
+                corpus.contains(&bytes),
+                "a token that was never minted was accepted: {}",
+                bytes.escape_ascii()
+            );
+        }
+        if let Err(refusal) = result {
+            // The reason is fixed words: never the input.
+            let said = refusal.to_string();
+            assert!(bytes.len() < 8 || !said.contains(&lossy(bytes)), "{said}");
+        }
+    });
+}
+
+/// Any claims minted verify to the same claims, under either of two
+/// secrets; base64url and JSON round-trip on their own too.
+#[test]
+fn tokens_round_trip() {
+    let pieces = [
+        "a", "-", "*", "é", "\"", "\\", "\n", "\u{1}", "😀", "private-", "x y",
+    ];
+    fuzz_with(
+        "tokens_round_trip",
+        |rng| {
+            let channels: Vec<String> = (0..rng.below(5))
+                .map(|_| (0..rng.below(4)).map(|_| *rng.pick(&pieces)).collect())
+                .collect();
+            let hostid = rng.one_in(2).then(|| {
+                (0..1 + rng.below(8))
+                    .map(|_| *rng.pick(&["a", "Z", "9"]))
+                    .collect()
+            });
+            Claims {
+                exp: TOKEN_NOW + 1 + rng.next_u64() % (1 << 40),
+                nbf: rng.one_in(2).then(|| rng.next_u64() % (TOKEN_NOW + 1)),
+                channels,
+                hostid,
+            }
+        },
+        |claims| {
+            let secrets: [&[u8]; 2] = [b"new", TOKEN_SECRET];
+            let token = token::mint(TOKEN_SECRET, claims);
+            assert_eq!(
+                token::verify(token.as_bytes(), &secrets, TOKEN_NOW).as_ref(),
+                Ok(claims)
+            );
+            let payload = token::jwt::payload(claims);
+            assert_eq!(
+                base64url::decode(base64url::encode(payload.as_bytes()).as_bytes()).as_deref(),
+                Some(payload.as_bytes())
+            );
+            assert!(json::parse(payload.as_bytes()).is_some(), "{payload}");
+        },
+    );
+    fuzz(
+        "base64url_and_json",
+        &[b"eyJhIjpbMSwiXHUwMGU5Il19", b"{\"a\":[1,\"\\u00e9\"]}"],
+        b"{}[]\",:\\u0123456789eE.-+truefalsenullAZaz_",
+        |bytes| {
+            if let Some(decoded) = base64url::decode(bytes) {
+                assert_eq!(
+                    base64url::encode(&decoded).as_bytes(),
+                    bytes,
+                    "one encoding per byte string"
+                );
+            }
+            let _ = json::parse(bytes);
+        },
+    );
 }

@@ -418,6 +418,13 @@ keys! {
         kind: Kind::Text,
         help: "Sent to persistent subscribers every PingInterval",
     };
+    PRIVATE_CHANNELS = Key {
+        name: "PrivateChannels",
+        default: "private-*",
+        scope: Scope::Global,
+        kind: Kind::Text,
+        help: "Channel name patterns (separated by spaces or commas, * = any run of characters) that only a subscriber with a token granting them may read; in force only when SubscriberSecret is set",
+    };
     REDIS_ADDRESS = Key {
         name: "RedisAddress",
         default: "",
@@ -481,12 +488,26 @@ keys! {
         kind: PORT,
         help: "Port browsers connect to",
     };
+    SUBSCRIBER_SECRET = Key {
+        name: "SubscriberSecret",
+        default: "",
+        scope: Scope::Global,
+        kind: Kind::Text,
+        help: "Secret (or two, space-separated: the new one first, for rotation) that subscriber tokens (HS256 JWT) are signed with; must differ from ControllerPassword (empty: no private channels)",
+    };
     SUBSCRIBER_SHUTDOWN_MSG = Key {
         name: "SubscriberShutdownMsg",
         default: "<script>eof();</script>\\r\\n",
         scope: Scope::Mode,
         kind: Kind::Text,
         help: "Sent to a persistent subscriber the server closes on its own initiative",
+    };
+    SUBSCRIBER_TOKEN_COOKIE = Key {
+        name: "SubscriberTokenCookie",
+        default: "meteord_token",
+        scope: Scope::Global,
+        kind: Kind::Text,
+        help: "Name of the cookie a subscriber token may travel in, after the Authorization header and the token= query parameter (empty: cookies are not read)",
     };
     SYSLOG_SOCKET = Key {
         name: "SyslogSocket",
@@ -556,6 +577,9 @@ pub fn help() -> String {
     let mut out = String::from(
         "meteord: a Comet server. Usage: meteord [-Key value | -Key.mode value]... [-d] [-v] [-help]\n\
          Keys are case-insensitive and may be abbreviated; -d is -Debug 1; -v prints the version.\n\
+         meteord [-Key value]... -token <channels> <seconds> [<hostid>] prints a subscriber token\n\
+         granting the channels (comma-separated names or patterns) for that many seconds,\n\
+         signed with SubscriberSecret.\n\
          A number outside its key's range stops the server at start with a message naming the key;\n\
          durations are at most 315360000 seconds (10 years).\n\n",
     );

@@ -181,6 +181,14 @@ pub struct Config {
     pub controller_idle_timeout: u64,
     /// `ControllerPassword`; None when empty.
     pub controller_password: Option<Vec<u8>>,
+    /// `SubscriberSecret`: the secrets tokens may be signed with, the one
+    /// `meteord -token` signs with first; empty when there are no private
+    /// channels.
+    pub subscriber_secrets: Vec<Vec<u8>>,
+    /// `PrivateChannels`, split on whitespace; empty without a secret.
+    pub private_channels: Vec<Vec<u8>>,
+    /// `SubscriberTokenCookie`; None when empty.
+    pub token_cookie: Option<String>,
     pub limits: Limits,
     /// `RedisAddress`, parsed; None when standalone.
     pub redis: Option<RedisSettings>,
@@ -334,6 +342,74 @@ impl Reader<'_> {
     }
 }
 
+/// The subscriber secrets, newest first.
+type Secrets = Vec<Vec<u8>>;
+/// Channel name patterns (see `token::pattern`).
+type Patterns = Vec<Vec<u8>>;
+
+/// `SubscriberSecret` and `PrivateChannels`: the secrets (one, or two
+/// while rotating), and the patterns they protect. Refused: more than two
+/// secrets, a secret equal to `ControllerPassword` (a subscriber could
+/// then publish), and patterns other than the default without a secret
+/// (they would protect nothing).
+fn private_channels(
+    r: &Reader,
+    controller_password: Option<&[u8]>,
+) -> Result<(Secrets, Patterns), ConfigError> {
+    let secrets: Vec<Vec<u8>> = r
+        .string(&SUBSCRIBER_SECRET, None)?
+        .split_whitespace()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    if secrets.len() > 2 {
+        return Err(error(format!(
+            "{}: at most two secrets (the new one, then the old one while rotating)",
+            SUBSCRIBER_SECRET.name
+        )));
+    }
+    if let Some(password) = controller_password
+        && secrets.iter().any(|s| s == password)
+    {
+        return Err(error(format!(
+            "{} must not be the same as {}: whoever holds a subscriber token's secret could publish",
+            SUBSCRIBER_SECRET.name, CONTROLLER_PASSWORD.name
+        )));
+    }
+    let patterns = r.string(&PRIVATE_CHANNELS, None)?;
+    // Commas separate too: no channel name contains one.
+    let patterns: Vec<Vec<u8>> = patterns
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+    if secrets.is_empty() {
+        let default: Vec<&[u8]> = PRIVATE_CHANNELS
+            .default
+            .split_whitespace()
+            .map(str::as_bytes)
+            .collect();
+        if !patterns.is_empty() && patterns.iter().map(Vec::as_slice).ne(default) {
+            return Err(error(format!(
+                "{} is set but {} is empty: no token could be checked, so no channel would be private",
+                PRIVATE_CHANNELS.name, SUBSCRIBER_SECRET.name
+            )));
+        }
+        return Ok((Vec::new(), Vec::new()));
+    }
+    Ok((secrets, patterns))
+}
+
+/// A warning for secrets too short to resist guessing offline (RFC 7518
+/// 3.2 asks for keys at least as long as the hash, 32 bytes).
+fn short_secret_warning(secrets: &[Vec<u8>]) -> Option<String> {
+    secrets.iter().any(|s| s.len() < 32).then(|| {
+        format!(
+            "{}: a secret shorter than 32 bytes can be guessed from any token it signed; use 32 random bytes or more",
+            SUBSCRIBER_SECRET.name
+        )
+    })
+}
+
 impl Config {
     fn from_raw(raw: &RawSettings, file: PathBuf) -> Result<Config, ConfigError> {
         let r = Reader { raw };
@@ -399,6 +475,9 @@ impl Config {
                 UDP_PORT.name, CONTROLLER_PASSWORD.name, UDP_ALLOW_UNAUTHENTICATED.name
             )));
         }
+        let (subscriber_secrets, private_channels) =
+            private_channels(&r, controller_password.as_deref())?;
+        warnings.extend(short_secret_warning(&subscriber_secrets));
         let controller_ip = r.ip(&CONTROLLER_IP, loopback)?;
         let mut controller_hosts: Vec<String> = r
             .string(&CONTROLLER_HOSTS, None)?
@@ -466,6 +545,10 @@ impl Config {
             max_channels: r.size(&MAX_CHANNELS)?,
             controller_shutdown: r.text(&CONTROLLER_SHUTDOWN_MSG, None),
             controller_password,
+            subscriber_secrets,
+            private_channels,
+            token_cookie: Some(r.string(&SUBSCRIBER_TOKEN_COOKIE, None)?.trim().to_owned())
+                .filter(|c| !c.is_empty()),
             controller_idle_timeout: r.number(&CONTROLLER_IDLE_TIMEOUT, None)?,
             controller_command_timeout: r.number(&CONTROLLER_COMMAND_TIMEOUT, None)?,
             redis: match r.string(&REDIS_ADDRESS, None)?.trim() {
@@ -651,6 +734,75 @@ mod tests {
             "HeadTimeout: 0 is below the minimum of 1 second"
         );
         assert!(refusal("ListenBacklog", "0").starts_with("ListenBacklog: "));
+    }
+
+    #[test]
+    fn private_channel_settings() -> Result<(), ConfigError> {
+        // Without a secret nothing is private, whatever the default pattern.
+        let c = config("", &[])?;
+        assert!(c.subscriber_secrets.is_empty() && c.private_channels.is_empty());
+        assert_eq!(c.token_cookie.as_deref(), Some("meteord_token"));
+        let c = config(
+            "SubscriberSecret new old\nPrivateChannels private-* user-*\n",
+            &["-SubscriberTokenCookie", ""],
+        )?;
+        assert_eq!(c.subscriber_secrets, vec![b"new".to_vec(), b"old".to_vec()]);
+        assert_eq!(
+            c.private_channels,
+            vec![b"private-*".to_vec(), b"user-*".to_vec()]
+        );
+        assert_eq!(c.token_cookie, None);
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("shorter than 32 bytes"))
+        );
+        let c = config("SubscriberSecret s\nPrivateChannels a-*, b-*,c\n", &[])?;
+        assert_eq!(
+            c.private_channels,
+            vec![b"a-*".to_vec(), b"b-*".to_vec(), b"c".to_vec()]
+        );
+        let c = config("SubscriberSecret s\n", &[])?;
+        assert_eq!(c.private_channels, vec![b"private-*".to_vec()]);
+        let e = refusal("SubscriberSecret", "a b c");
+        assert!(
+            e.starts_with("SubscriberSecret: at most two secrets"),
+            "{e}"
+        );
+        let e = config("ControllerPassword pw\nSubscriberSecret new pw\n", &[]).err();
+        assert!(e.is_some_and(
+            |e| e.0.contains("must not be the same as ControllerPassword") && !e.0.contains("pw")
+        ));
+        let (action, raw) = parse_args(&args(&[
+            "-token",
+            "private-a,user-*",
+            "60",
+            "h1",
+            "-SubscriberSecret",
+            "x",
+        ]))?;
+        assert_eq!(
+            action,
+            Action::Token {
+                channels: vec!["private-a".into(), "user-*".into()],
+                seconds: 60,
+                hostid: Some("h1".into()),
+            }
+        );
+        assert_eq!(raw.get(&SUBSCRIBER_SECRET, None), Some("x"));
+        for bad in [
+            &["-token"][..],
+            &["-token", "a"],
+            &["-token", "a", "0"],
+            &["-token", "a", "x"],
+            &["-token", "", "5"],
+            &["-token", "a", "5", "h!"],
+        ] {
+            assert!(parse_args(&args(bad)).is_err(), "{bad:?}");
+        }
+        let e = refusal("PrivateChannels", "user-*");
+        assert!(e.contains("SubscriberSecret is empty"), "{e}");
+        Ok(())
     }
 
     #[test]

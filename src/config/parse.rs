@@ -109,6 +109,59 @@ pub enum Action {
     Run,
     Version,
     Help,
+    /// `-token <channels> <seconds> [<hostid>]`: print a subscriber token
+    /// granting `channels` (names or patterns, separated by commas or
+    /// spaces) for `seconds`, bound to `hostid` if given, signed with the
+    /// configured `SubscriberSecret`.
+    Token {
+        channels: Vec<String>,
+        seconds: u64,
+        hostid: Option<String>,
+    },
+}
+
+/// Reads the arguments of `-token` from `args[*i..]`, moving `i` past them.
+fn token_action(args: &[String], i: &mut usize) -> Result<Action, ConfigError> {
+    let usage =
+        "-token needs <channels> <seconds> [<hostid>], e.g. -token private-orders,user-7 3600";
+    let (Some(channels), Some(seconds)) = (args.get(*i), args.get(*i + 1)) else {
+        return Err(error(usage));
+    };
+    let channels: Vec<String> = channels
+        .split([',', ' '])
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let seconds = match seconds.parse::<u64>() {
+        Ok(n) if (1..=keys::MAX_SECONDS).contains(&n) => n,
+        _ => {
+            return Err(error(format!(
+                "-token: '{seconds}' is not a number of seconds from 1 to {} ({usage})",
+                keys::MAX_SECONDS
+            )));
+        }
+    };
+    if channels.is_empty() {
+        return Err(error(usage));
+    }
+    *i += 2;
+    let hostid = match args.get(*i) {
+        Some(h) if !h.starts_with('-') => {
+            if !is_mode_name(h) {
+                return Err(error(format!(
+                    "-token: invalid hostid '{h}': hostids are [0-9a-zA-Z]+"
+                )));
+            }
+            *i += 1;
+            Some(h.clone())
+        }
+        _ => None,
+    };
+    Ok(Action::Token {
+        channels,
+        seconds,
+        hostid,
+    })
 }
 
 /// Parses the command line (without the program name): `-Key value`,
@@ -116,6 +169,7 @@ pub enum Action {
 /// value meaning `1`, `--x` as a value meaning `-x`, `-d`, `-v`, `-help`.
 pub fn parse_args(args: &[String]) -> Result<(Action, RawSettings), ConfigError> {
     let mut raw = RawSettings::default();
+    let mut action = Action::Run;
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -129,6 +183,10 @@ pub fn parse_args(args: &[String]) -> Result<(Action, RawSettings), ConfigError>
         match name {
             "v" | "version" => return Ok((Action::Version, raw)),
             "help" | "h" => return Ok((Action::Help, raw)),
+            "token" => {
+                action = token_action(args, &mut i)?;
+                continue;
+            }
             _ => {}
         }
         let (key, mode) = if name == "d" {
@@ -155,7 +213,7 @@ pub fn parse_args(args: &[String]) -> Result<(Action, RawSettings), ConfigError>
         };
         raw.set(key, mode, value);
     }
-    Ok((Action::Run, raw))
+    Ok((action, raw))
 }
 
 fn check_mode_key(key: &Key, mode: &str) -> Result<(), ConfigError> {

@@ -4,11 +4,13 @@
 //! fixed reply before closing.
 
 pub mod documents;
+pub mod private;
 pub mod route;
 pub mod stream;
 pub mod websocket;
 
 use crate::channel::Backlog;
+use crate::config::keys::MAX_SECONDS;
 use crate::config::{Config, Mode};
 use crate::conn::{ConnId, Reason, Step};
 use crate::http::{self, HttpError};
@@ -79,6 +81,8 @@ struct StreamRequest {
     defs: Vec<ChannelDef>,
     /// `Sec-WebSocket-Accept` for a WebSocket subscriber.
     accept: Option<String>,
+    /// What its token allowed (private channels, bound hostid).
+    access: private::Access,
 }
 
 /// A push request waiting for its channels.
@@ -141,6 +145,19 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// How long until Unix time `secs` (zero if past), to the nanosecond and
+/// at most ten years, like every other deadline.
+fn until_unix(secs: u64) -> Duration {
+    let most = Duration::from_secs(MAX_SECONDS);
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .map_or(most, |at| {
+            at.duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .min(most)
+        })
 }
 
 /// Renders a mode's header template with a status, channel info and CORS lines.
@@ -328,6 +345,9 @@ impl Subscriber {
             State::Reply(r) if r.deadline <= now => return Step::Close(Reason::WriteTimeout),
             State::Streaming(s) => {
                 if s.ends_at.is_some_and(|t| t <= now) {
+                    if s.ends_by_token {
+                        return self.kick(ctx, Reason::TokenExpired);
+                    }
                     return self.end_stream(ctx, Reason::MaxTime);
                 }
                 let stall = Duration::from_secs(ctx.config.limits.write_timeout);
@@ -491,7 +511,12 @@ impl Subscriber {
             Ok(request) => request,
             Err(error) => return self.fail(ctx, error),
         };
-        debug!("{}: {} {}", self.peer, request.method, request.target);
+        debug!(
+            "{}: {} {}",
+            self.peer,
+            request.method,
+            private::redact(&request.target)
+        );
         let limits = RouteLimits {
             channel_name_length: ctx.config.limits.channel_name_length,
             channels_per_request: ctx.config.limits.channels_per_request,
@@ -504,6 +529,22 @@ impl Subscriber {
         let global = &ctx.config.global_mode;
         let mut accept_key = None;
         let cors = http::cors_lines(&ctx.config.allowed_origins, request.origin.as_deref());
+        // Private channels and bound hostids: a token, or a refusal.
+        let access = match private::check(
+            &route,
+            &request,
+            ctx.config,
+            ctx.hosts,
+            self.peer,
+            unix_now(),
+        ) {
+            Ok(access) => access,
+            Err(denied) => {
+                ctx.stats.errors_served += 1;
+                let bytes = denied.response(&cors);
+                return self.reply(bytes.into(), Reason::Unauthorized, ctx);
+            }
+        };
         match route {
             Route::Push {
                 hostid,
@@ -556,12 +597,13 @@ impl Subscriber {
                     cors,
                     defs: channels,
                     accept: accept_key,
+                    access,
                 };
                 self.stream_when_ready(request, ctx);
             }
             Route::Disconnect { hostid } => {
-                if let Some(&other) = ctx.hosts.get(hostid.as_str()) {
-                    ctx.kicks.push((other, Reason::DisconnectRequested));
+                if let Some(other) = ctx.hosts.get(hostid.as_str()) {
+                    ctx.kicks.push((other.conn, Reason::DisconnectRequested));
                 }
                 let bytes = header(&global.header, "200 OK", b"", &cors);
                 self.reply(bytes.into(), Reason::ResponseComplete, ctx);
@@ -650,11 +692,16 @@ impl Subscriber {
             cors,
             defs,
             accept,
+            access,
         } = request;
+        let host = stream::Host {
+            conn: ctx.id,
+            bound: access.bound,
+        };
         if mode.persist
-            && let Some(old) = ctx.hosts.insert(hostid.as_str().into(), ctx.id)
+            && let Some(old) = ctx.hosts.insert(hostid.as_str().into(), host)
         {
-            ctx.kicks.push((old, Reason::Replaced));
+            ctx.kicks.push((old.conn, Reason::Replaced));
         }
         let channels = &mut ctx.hub.channels;
         // Channel info describes each channel before this subscriber joins.
@@ -713,6 +760,13 @@ impl Subscriber {
             max => max.max(backlog),
         };
         let secs = |s: u64| (s > 0).then(|| ctx.now + Duration::from_secs(s));
+        // The stream ends at MaxTime, or when its token expires if sooner.
+        let token_end = access.expires.map(|exp| ctx.now + until_unix(exp));
+        let (ends_at, ends_by_token) = match (secs(mode.max_time), token_end) {
+            (Some(max_time), Some(token)) if token < max_time => (Some(token), true),
+            (None, Some(token)) => (Some(token), true),
+            (max_time, _) => (max_time, false),
+        };
         self.state = State::Streaming(Streaming {
             hostid: hostid.into(),
             next_ping: if mode.persist {
@@ -720,7 +774,8 @@ impl Subscriber {
             } else {
                 None
             },
-            ends_at: secs(mode.max_time),
+            ends_at,
+            ends_by_token,
             mode,
             cursors,
             out,

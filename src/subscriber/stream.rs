@@ -17,7 +17,17 @@ use std::time::Instant;
 
 /// Persistent subscribers by hostid: a new request with the same hostid
 /// replaces the one registered.
-pub type Hosts = HashMap<Box<str>, ConnId>;
+pub type Hosts = HashMap<Box<str>, Host>;
+
+/// The persistent subscriber registered under a hostid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    /// The connection registered.
+    pub conn: ConnId,
+    /// Its token is bound to the hostid: replacing or disconnecting it
+    /// needs a token bound to it too (see `private`).
+    pub bound: bool,
+}
 
 /// A subscriber reading channels.
 pub struct Streaming {
@@ -30,6 +40,9 @@ pub struct Streaming {
     pub started: Instant,
     pub next_ping: Option<Instant>,
     pub ends_at: Option<Instant>,
+    /// `ends_at` is when its token expires (before `MaxTime`, if any): it
+    /// is then closed like a kick, with the mode's shutdown message.
+    pub ends_by_token: bool,
     /// Set while the socket would block with bytes still to send.
     pub blocked_since: Option<Instant>,
     /// Whether its cursors are pinned in their channels (see `Channels::pin`).
@@ -79,7 +92,7 @@ impl Streaming {
             }
             channels.detach(cursor, self.mode.persist);
         }
-        if self.mode.persist && hosts.get(&self.hostid) == Some(&id) {
+        if self.mode.persist && hosts.get(&self.hostid).map(|h| h.conn) == Some(id) {
             hosts.remove(&self.hostid);
         }
     }

@@ -1,7 +1,7 @@
 // run.mjs: meteor.js in a real browser. Drives Debian's Chromium (headless,
 // through playwright-core) against a meteord that tests/browser.rs started:
 //
-//   node tests/browser/run.mjs <subscriber-port> <controller-port> <screenshot.png>
+//   node tests/browser/run.mjs <subscriber-port> <controller-port> <screenshot.png> <subscriber-secret>
 //
 // For each transport meteor.js can use (websocket, sse, fetchstream,
 // jsonlongpoll) a page
@@ -11,9 +11,14 @@
 // must come back and report each of them exactly once too. Then a page behind
 // a proxy that refuses WebSocket upgrades must fall back to sse. Last, the demo
 // page (/) gets events from a terminal-style publisher and from its own form,
-// and a screenshot of it is written. Exits 0 when everything held.
+// and a screenshot of it is written. Private channels: for each transport a
+// page reads a private channel with tokens it hands meteor.js through
+// Meteor.token (minted with jsonwebtoken, 3 s each); the server closes the
+// stream at exp, the page is asked for a fresh token, and every event still
+// arrives exactly once. Exits 0 when everything held.
 
 import { chromium } from 'playwright-core';
+import jwt from 'jsonwebtoken';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
@@ -28,9 +33,9 @@ const FLAGS = [
 const TRANSPORTS = ['websocket', 'sse', 'fetchstream', 'jsonlongpoll'];
 const WAIT = 15000; // ms allowed for any one expected thing to happen
 
-const [subscriberPort, controllerPort, screenshotPath] = process.argv.slice(2);
-if (!screenshotPath) {
-  console.error('usage: node run.mjs <subscriber-port> <controller-port> <screenshot.png>');
+const [subscriberPort, controllerPort, screenshotPath, subscriberSecret] = process.argv.slice(2);
+if (!subscriberSecret) {
+  console.error('usage: node run.mjs <subscriber-port> <controller-port> <screenshot.png> <subscriber-secret>');
   process.exit(2);
 }
 const origin = `http://127.0.0.1:${subscriberPort}`;
@@ -205,6 +210,44 @@ async function checkFallback(context, controller) {
     `exactly once and in order (${Date.now() - started} ms)`);
 }
 
+/* ---- private channels: a token from the page, refreshed at expiry ---- */
+
+const TOKEN_SECONDS = 3;
+
+async function checkPrivate(context, controller, mode) {
+  const started = Date.now();
+  const channel = `private-${mode}`;
+  const refusal = await withDeadline(fetch(`${origin}/push/nohook/${mode}/${channel}`), 'GET without a token');
+  const said = await refusal.text();
+  if (refusal.status !== 401 || said !== '401 Unauthorized: token missing\n') {
+    throw new Error(`${mode}: a private channel without a token answered ${refusal.status} ${JSON.stringify(said)}`);
+  }
+  const expected = await controller.publish(channel, texts('backlog', 5));
+  const page = await context.newPage();
+  let minted = 0;
+  await page.exposeFunction('mintToken', () => {
+    minted++;
+    return jwt.sign({ channels: [channel] }, subscriberSecret, { algorithm: 'HS256', expiresIn: TOKEN_SECONDS });
+  });
+  await page.goto(`${origin}/test.html?mode=${mode}&channel=${channel}&backtrack=5&private=1`);
+  await expectEvents(page, expected, `${mode} private, backlog`);
+  expected.push(...await controller.publish(channel, texts('live', 20)));
+  await expectEvents(page, expected, `${mode} private, 20 live events`);
+  // The token expires: the server ends the stream at exp, and meteor.js asks
+  // the page for a fresh token before it reconnects.
+  await waitUntil(`${mode}: a second token asked for`, async () => minted >= 2);
+  expected.push(...await controller.publish(channel, texts('after expiry', 20)));
+  await expectEvents(page, expected, `${mode} private, 20 events after the token expired`);
+  const state = await page.evaluate(() => ({ mode: Meteor.mode, modes: window.seen.modes, asked: window.seen.minted }));
+  if (state.mode !== mode || state.modes.length > 0) {
+    throw new Error(`${mode} private: the page switched transport: ${JSON.stringify(state)}`);
+  }
+  if (state.asked !== minted) throw new Error(`${mode} private: ${state.asked} tokens asked, ${minted} minted`);
+  await page.close();
+  console.log(`ok ${mode} private: ${expected.length} events exactly once with ${minted} tokens ` +
+    `of ${TOKEN_SECONDS} s (${Date.now() - started} ms)`);
+}
+
 async function demoScreenshot(context, controller) {
   const page = await context.newPage();
   await page.setViewportSize({ width: 1000, height: 760 });
@@ -239,6 +282,7 @@ let failed = false;
 try {
   for (const mode of TRANSPORTS) await checkTransport(context, controller, mode);
   await checkFallback(context, controller);
+  for (const mode of TRANSPORTS) await checkPrivate(context, controller, mode);
   await demoScreenshot(context, controller);
 } catch (e) {
   console.error(`FAILED: ${e.message}`);
