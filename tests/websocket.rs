@@ -450,3 +450,26 @@ fn write_timeout_and_slow_consumers_end_with_their_codes() {
     assert_eq!(code, 4005);
     assert!(got.len() < 800);
 }
+
+/// A private channel read over WebSocket: when the token expires the stream
+/// ends with the shutdown message and close code 4401, so the page asks for
+/// a fresh token before it reconnects.
+#[test]
+fn an_expired_token_ends_with_4401() {
+    let secret = "a-websocket-test-secret-0123456789";
+    let s = bundled(&["-SubscriberSecret", secret]);
+    let claims = meteord::token::jwt::Claims {
+        exp: now_unix() + 2,
+        nbf: None,
+        channels: vec!["private-w".into()],
+        hostid: None,
+    };
+    let token = meteord::token::jwt::mint(secret.as_bytes(), &claims);
+    let mut c = open(&s, &format!("/push/pw/websocket/private-w?token={token}"));
+    c.expect(&info("private-w", 0));
+    let id = s.ctl().add("private-w", "before");
+    c.expect(&event(id, "private-w", "before"));
+    c.expect_within(&text("{\"eof\":true}"), Duration::from_secs(5));
+    c.expect(&close(4401));
+    c.expect_eof();
+}

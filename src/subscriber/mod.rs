@@ -133,6 +133,7 @@ fn close_code(reason: Reason) -> Option<u16> {
         Reason::WriteTimeout => close::WRITE_TIMEOUT,
         Reason::SlowConsumer => close::SLOW_CONSUMER,
         Reason::NoPong => close::NO_PONG,
+        Reason::TokenExpired => close::TOKEN_EXPIRED,
         _ => return None,
     })
 }
@@ -451,7 +452,10 @@ impl Subscriber {
             let mut bytes = s.out[s.out_pos..].to_vec();
             let farewell = matches!(
                 reason,
-                Reason::Replaced | Reason::DisconnectRequested | Reason::Shutdown
+                Reason::Replaced
+                    | Reason::DisconnectRequested
+                    | Reason::Shutdown
+                    | Reason::TokenExpired
             );
             if farewell && !s.mode.shutdown.is_empty() {
                 wsproto::text_frame(&mut bytes, &s.mode.shutdown);

@@ -49,6 +49,9 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4005;
     /// No pong came back within a `PingInterval` of a ping.
     pub const NO_PONG: u16 = 4006;
+    /// The subscriber's token expired (private channels): 4401, after
+    /// HTTP's 401, so the page asks for a fresh token before reconnecting.
+    pub const TOKEN_EXPIRED: u16 = 4401;
 }
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
