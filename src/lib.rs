@@ -2,6 +2,7 @@
 //! fuzzers and benchmarks can drive the parsers directly. The binary is
 //! `src/main.rs`.
 
+pub mod base64;
 pub mod channel;
 pub mod cluster;
 pub mod config;

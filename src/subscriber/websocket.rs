@@ -53,7 +53,7 @@ pub fn handshake(h: &UpgradeHeaders) -> Handshake {
         [key] => key.trim(),
         _ => return Handshake::Broken,
     };
-    let key_ok = wsproto::base64::decode(key.as_bytes()).is_some_and(|k| k.len() == 16);
+    let key_ok = crate::base64::decode(key.as_bytes()).is_some_and(|k| k.len() == 16);
     let whole = h.http11
         && lists(&h.upgrade, "websocket")
         && lists(&h.connection, "upgrade")

@@ -2,7 +2,6 @@
 //! subscribers: the handshake's accept value, server frame headers, and the
 //! close codes meteord sends.
 
-pub mod base64;
 pub mod sha1;
 
 /// The GUID every `Sec-WebSocket-Accept` is computed with (RFC 6455 1.3).
@@ -59,7 +58,7 @@ pub fn accept_key(key: &str) -> String {
     let mut input = Vec::with_capacity(key.len() + GUID.len());
     input.extend_from_slice(key.as_bytes());
     input.extend_from_slice(GUID.as_bytes());
-    base64::encode(&sha1::sha1(&input))
+    crate::base64::encode(&sha1::sha1(&input))
 }
 
 /// Appends an unmasked, final frame's header for a payload of `len` bytes.

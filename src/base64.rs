@@ -1,10 +1,18 @@
-//! Base64 (RFC 4648, standard alphabet, padded), only for the WebSocket
-//! handshake; checked against the RFC 4648 section 10 vectors.
+//! Base64 (RFC 4648): the standard padded form the WebSocket handshake
+//! uses, and the encoder that base64url (subscriber tokens) shares;
+//! checked against the RFC 4648 section 10 vectors.
 
+/// The standard alphabet (section 4).
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Encodes `data` with padding.
 pub fn encode(data: &[u8]) -> String {
+    encode_with(data, ALPHABET, true)
+}
+
+/// Encodes `data` with `alphabet`, padded with `=` or not: one encoder for
+/// both forms of RFC 4648.
+pub fn encode_with(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let b = [
@@ -15,8 +23,8 @@ pub fn encode(data: &[u8]) -> String {
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
+                out.push(char::from(alphabet[(n >> (18 - 6 * i) & 63) as usize]));
+            } else if pad {
                 out.push('=');
             }
         }
