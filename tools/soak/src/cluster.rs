@@ -430,39 +430,24 @@ fn report(
     for (i, (alive, _)) in exits.iter().enumerate() {
         check(*alive, format!("node {i} died"));
     }
-    check(
-        load(&c.gaps) == 0,
-        format!(
-            "{} acknowledged events missed by subscribers",
-            load(&c.gaps)
+    // Counters that must stay at zero, and what a non-zero one means.
+    for (counter, what) in [
+        (&c.gaps, "acknowledged events missed by subscribers"),
+        (
+            &c.missing_at_end,
+            "acknowledged events never delivered by the end",
         ),
-    );
-    check(
-        load(&c.missing_at_end) == 0,
-        format!(
-            "{} acknowledged events never delivered by the end",
-            load(&c.missing_at_end)
+        (&c.duplicates, "duplicate events"),
+        (&c.reorders, "ids out of order"),
+        (&c.bad_replies, "bad replies"),
+        (
+            &c.publish_errors,
+            "publishes failed otherwise than ERR Backend unavailable",
         ),
-    );
-    check(
-        load(&c.duplicates) == 0,
-        format!("{} duplicate events", load(&c.duplicates)),
-    );
-    check(
-        load(&c.reorders) == 0,
-        format!("{} ids out of order", load(&c.reorders)),
-    );
-    check(
-        load(&c.bad_replies) == 0,
-        format!("{} bad replies", load(&c.bad_replies)),
-    );
-    check(
-        load(&c.publish_errors) == 0,
-        format!(
-            "{} publishes failed otherwise than ERR Backend unavailable",
-            load(&c.publish_errors)
-        ),
-    );
+    ] {
+        let n = load(counter);
+        check(n == 0, format!("{n} {what}"));
+    }
     for (i, t) in nodes.iter().enumerate() {
         check(
             t.logs.panics.load(Ordering::Relaxed) == 0,

@@ -605,56 +605,29 @@ fn report(
         }
     };
     check(alive, "the server died".into());
-    check(
-        load(&c.gaps) == 0,
-        format!(
-            "{} events missed by well-behaved subscribers",
-            load(&c.gaps)
+    // Counters that must stay at zero, and what a non-zero one means.
+    for (counter, what) in [
+        (&c.gaps, "events missed by well-behaved subscribers"),
+        (&c.missing_at_end, "events never delivered by the end"),
+        (&c.duplicates, "duplicate events"),
+        (&c.reorders, "ids out of order"),
+        (
+            &c.slow_gaps,
+            "events skipped for slow subscribers (must drop, not skip)",
         ),
-    );
-    check(
-        load(&c.missing_at_end) == 0,
-        format!(
-            "{} events never delivered by the end",
-            load(&c.missing_at_end)
-        ),
-    );
-    check(
-        load(&c.duplicates) == 0,
-        format!("{} duplicate events", load(&c.duplicates)),
-    );
-    check(
-        load(&c.reorders) == 0,
-        format!("{} ids out of order", load(&c.reorders)),
-    );
-    check(
-        load(&c.slow_gaps) == 0,
-        format!(
-            "{} events skipped for slow subscribers (must drop, not skip)",
-            load(&c.slow_gaps)
-        ),
-    );
-    check(
-        load(&c.abuse_unexpected) == 0,
-        format!("{} unexpected answers to abuse", load(&c.abuse_unexpected)),
-    );
-    check(
-        load(&c.bad_replies) == 0,
-        format!("{} bad replies", load(&c.bad_replies)),
-    );
-    check(
-        load(&c.publish_errors) == 0,
-        format!("{} failed publishes", load(&c.publish_errors)),
-    );
+        (&c.abuse_unexpected, "unexpected answers to abuse"),
+        (&c.bad_replies, "bad replies"),
+        (&c.publish_errors, "failed publishes"),
+        (&c.refused, "publishes refused"),
+    ] {
+        let n = load(counter);
+        check(n == 0, format!("{n} {what}"));
+    }
     check(
         server_published == published + extra,
         format!(
             "the server counted {server_published} new messages, publishers {published} + hostile roles {extra}"
         ),
-    );
-    check(
-        load(&c.refused) == 0,
-        format!("{} publishes refused", load(&c.refused)),
     );
     if o.hostile {
         check(
