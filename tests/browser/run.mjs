@@ -252,7 +252,7 @@ async function demoScreenshot(context, controller) {
   const page = await context.newPage();
   await page.setViewportSize({ width: 1000, height: 760 });
   const published = await controller.publish('demo', [
-    'Hello from a terminal: printf \'ADDMESSAGE demo ...\' | nc -q1 127.0.0.1 4671',
+    'Hello from a terminal: curl --data-binary ... http://127.0.0.1:4671/pub/demo',
     'meteord pushes each event to every subscriber as it arrives',
   ]);
   await page.goto(`${origin}/?controller=${controllerPort}`);
