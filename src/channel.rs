@@ -1126,7 +1126,7 @@ impl Channels {
 
     /// The slow-consumer policy, in one place: a reader has lost events
     /// once its cursor is behind what its channel's stream still holds
-    /// (spec B3). Such a reader is dropped, never sent a gap.
+    /// (wire contract B3). Such a reader is dropped, never sent a gap.
     pub fn lost_events(&self, cursor: &Cursor) -> bool {
         self.get(cursor.channel).is_some_and(|c| {
             cursor.pos < cursor.end && c.stream(cursor.stream).bytes_from(cursor.pos).is_none()

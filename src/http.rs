@@ -1,7 +1,7 @@
 //! HTTP request heads on both ports: finding the end of a head, parsing it
 //! with `httparse`, the errors a head can earn, and the CORS lines.
 
-/// Why a request head is refused (spec B2); each maps to an HTTP status.
+/// Why a request head is refused (wire contract B2); each maps to an HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpError {
     BadRequest,

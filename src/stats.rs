@@ -20,7 +20,7 @@ pub struct Stats {
     pub documents_not_found: u64,
     pub errors_served: u64,
     /// Subscribers dropped because they fell behind what their channel holds
-    /// or stopped reading for `WriteTimeout` (spec B3).
+    /// or stopped reading for `WriteTimeout` (wire contract B3).
     pub slow_consumers_dropped: u64,
     /// Connections refused because a connection table was full.
     pub connections_refused: u64,

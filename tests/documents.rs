@@ -67,7 +67,7 @@ fn content_types_follow_the_extension() {
         s.write_doc(name, b"body");
         assert_doc(&s, &format!("/{name}"), ctype, b"body", name);
     }
-    // The exact classic head for images too (spec: `<type>; charset=utf-8`).
+    // The exact classic head for images too (wire contract: `<type>; charset=utf-8`).
     for (name, ctype) in [("a.png", "image/png"), ("a.svg", "image/svg+xml")] {
         s.write_doc(name, b"\x89PNG\0\x01");
         assert_doc(&s, &format!("/{name}"), ctype, b"\x89PNG\0\x01", name);

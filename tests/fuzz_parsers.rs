@@ -8,8 +8,8 @@
 //! bytes from the parser's own alphabet, and mutations (bit flips, byte
 //! insertion, deletion, duplication, splicing, truncation) of a corpus of
 //! valid inputs. Besides "does not panic", every test checks properties from
-//! the spec (`/work/shared/spec/protocol.md`), most of them against a small
-//! reference written from it. The generator is a seeded splitmix64, so runs
+//! the wire contract (README.md, "Wire contract", and the sections it
+//! links), most of them against a small reference written from it. The generator is a seeded splitmix64, so runs
 //! are reproducible; a failure prints the seed, the case and the input.
 //!
 //! ```text
@@ -435,7 +435,7 @@ fn control_heads() {
 // Channel definitions and routing
 // ----------------------------------------------------------------------------
 
-/// The reference for channel definitions, from the spec: a name of
+/// The reference for channel definitions, from the wire contract: a name of
 /// `[a-zA-Z0-9_%-]+`, then nothing, `.r<digits>`, `.b<digits>` or `.h[digits]`,
 /// suffix letters in either case. Numbers too large saturate.
 fn reference_def(entry: &[u8]) -> Option<ChannelDef> {
@@ -500,7 +500,7 @@ fn is_id(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// The reference router for prefix `/push` and `LIMITS`, from the spec.
+/// The reference router for prefix `/push` and `LIMITS`, from the wire contract.
 fn reference_route(target: &str) -> Route {
     let path = target.split('?').next().unwrap_or_default();
     let segments: Vec<&str> = path.split('/').collect();
@@ -606,7 +606,7 @@ fn is_space(b: &u8) -> bool {
     *b == b' ' || *b == b'\t'
 }
 
-/// The reference controller parser, from the spec.
+/// The reference controller parser, from the wire contract.
 fn reference_command(line: &[u8]) -> Option<Command<'_>> {
     if let Some(rest) = line.strip_prefix(b"ADDMESSAGE") {
         let lead = rest.iter().take_while(|b| is_space(b)).count();
@@ -1000,7 +1000,7 @@ fn command_lines() {
 // Templates and escapes
 // ----------------------------------------------------------------------------
 
-/// Placeholder names as the spec writes them.
+/// Placeholder names as the wire contract writes them.
 const FIELDS: &[(&str, Placeholder)] = &[
     ("status", Placeholder::Status),
     ("server", Placeholder::Server),

@@ -1,4 +1,4 @@
-//! Timers: PingInterval pings, MaxTime, MaxMessageAge (part B7: enforced to
+//! Timers: PingInterval pings, MaxTime, MaxMessageAge (wire contract B7: enforced to
 //! within a second). These tests let real time pass, bounded by deadlines.
 
 mod common;

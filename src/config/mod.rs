@@ -107,7 +107,7 @@ pub struct Mode {
     pub websocket_only: bool,
 }
 
-/// Bounds on what clients may send or hold (spec part B2), each within
+/// Bounds on what clients may send or hold (wire contract B2), each within
 /// its key's range: no minimum is applied silently.
 #[derive(Debug, Clone)]
 pub struct Limits {

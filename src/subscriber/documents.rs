@@ -214,7 +214,7 @@ pub struct Documents {
     not_found: Rc<[u8]>,
 }
 
-/// The `Content-Type` for a file name (spec B5).
+/// The `Content-Type` for a file name (wire contract B5).
 pub fn content_type(path: &str) -> &'static str {
     let ext = path.rsplit_once('.').map_or("", |(_, e)| e);
     match ext.to_ascii_lowercase().as_str() {

@@ -84,7 +84,7 @@ pub fn route(target: &str, push_prefix: &str, limits: RouteLimits) -> Route {
         let hostid = parts.next().unwrap_or_default();
         let mode = parts.next().unwrap_or_default();
         // Without a channel part it is not a push request at all, but a
-        // document like any other path (spec part A).
+        // document like any other path (classic wire contract).
         let has_channel_part = parts.clone().any(|entry| !entry.is_empty());
         if is_id(hostid) && is_id(mode) && has_channel_part {
             let mut channels: Vec<ChannelDef> = Vec::new();

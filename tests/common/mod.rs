@@ -26,7 +26,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// The program name the server reports in `Server:` and `~server~`.
 pub const PROGRAM: &str = "meteord";
 
-/// The spec's default HeaderTemplate, rendered with `status`.
+/// The default HeaderTemplate (README, key table), rendered with `status`.
 pub fn default_header(status: &str) -> String {
     format!(
         "HTTP/1.1 {status}\r\nServer: meteord\r\nContent-Type: text/html; charset=utf-8\r\n\
