@@ -77,12 +77,12 @@ fn sigterm_closes_everyone_and_exits() {
     );
 }
 
-/// Splits what a `stream` subscriber received after `header` into
-/// `<id>:a:<text>\n` events: their ids, checking that each is whole, and
-/// what follows the last one.
-fn whole_events<'a>(reply: &'a [u8], header: &str, text: &str) -> (Vec<u64>, &'a [u8]) {
+/// Splits a `stream` reply after its header into `<id>:a:<text>\n`
+/// events: their ids, checking that each is whole, and what follows the
+/// last one.
+fn whole_events<'a>(reply: &'a [u8], text: &str) -> (Vec<u64>, &'a [u8]) {
     let mut rest = reply
-        .strip_prefix(header.as_bytes())
+        .strip_prefix(HDR_OK.as_bytes())
         .unwrap_or_else(|| panic!("no header: {}", show(&reply[..reply.len().min(64)])));
     let mut ids = Vec::new();
     while let Some(end) = rest.iter().position(|&b| b == b'\n') {
@@ -115,21 +115,36 @@ fn sigterm_completes_the_event_in_progress_then_says_goodbye() {
     let mut reader = s.subscribe("/push/h2/stream/a", HDR_OK);
     let mut ctl = s.ctl();
     assert_eq!(ctl.wait_count("a", 2, WAIT), 2);
-    let reading = std::thread::spawn(move || reader.read_to_end(Duration::from_secs(60)));
     let text = "x".repeat(1000);
+    let expected: Vec<u8> = (1..=EVENTS)
+        .flat_map(|id| format!("{id}:a:{text}\n").into_bytes())
+        .collect();
+    let (caught_up, wait_caught_up) = std::sync::mpsc::channel();
+    let want = expected.len();
+    let reading = std::thread::spawn(move || {
+        let mut got = reader
+            .read_exact_n(want, Duration::from_secs(60))
+            .expect("every event reaches the reader");
+        let _ = caught_up.send(());
+        got.extend(reader.read_to_end(Duration::from_secs(30)));
+        got
+    });
     let batch: Vec<String> = (0..500).map(|_| text.clone()).collect();
     for _ in 0..EVENTS / 500 {
         ctl.add_many("a", &batch);
     }
+    // The reader has nothing queued when the signal comes.
+    wait_caught_up
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the reader caught up");
     s.signal("TERM");
 
     let all = reading.join().expect("the reading subscriber's thread");
-    let (ids, after) = whole_events(&all, "", &text);
-    assert_eq!(ids, (1..=EVENTS).collect::<Vec<_>>(), "the reader's events");
-    assert_eq!(show(after), "BYE\\n", "the reader's last bytes");
+    assert!(all.starts_with(&expected), "the reader's events");
+    assert_eq!(show(&all[want..]), "BYE\\n", "the reader's last bytes");
 
     let got = stalled.read_to_end(Duration::from_secs(30));
-    let (ids, after) = whole_events(&got, HDR_OK, &text);
+    let (ids, after) = whole_events(&got, &text);
     let last = ids.last().copied().unwrap_or(0);
     assert_eq!(
         ids,
