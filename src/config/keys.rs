@@ -523,6 +523,13 @@ keys! {
         kind: Kind::Text,
         help: "Syslog facility (none: log to standard error)",
     };
+    TRUSTED_PROXIES = Key {
+        name: "TrustedProxies",
+        default: "",
+        scope: Scope::Global,
+        kind: Kind::Text,
+        help: "Addresses and CIDR ranges (IPv4 or IPv6, separated by spaces or commas) of reverse proxies whose X-Forwarded-For (first) or Forwarded header names the client that logs and records show; from other peers these headers are ignored (empty: trust no one)",
+    };
     UDP_IP = Key {
         name: "UDPIP",
         default: "",

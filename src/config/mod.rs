@@ -4,9 +4,11 @@
 //!
 //! `keys` is the table of keys, `parse` reads the file and the command line
 //! into raw text, `redis` parses `RedisAddress`. Configuration depends on
-//! no part of the server but the leaf modules `log` and `template`.
+//! no part of the server but the leaf modules `log`, `template` and
+//! `proxies`.
 
 use crate::log::TimeFormat;
+use crate::proxies::TrustedProxies;
 use crate::template::{Framing, Template};
 use keys::*;
 use std::collections::HashMap;
@@ -165,6 +167,9 @@ pub struct Config {
     /// `ControllerHosts`, split on whitespace, plus `ControllerIP` (unless
     /// it is 0.0.0.0 or ::): the hosts a controller HTTP request may name.
     pub controller_hosts: Vec<String>,
+    /// `TrustedProxies`: the peers whose forwarding headers name the
+    /// client; read for each request, so a reload applies to the next.
+    pub trusted_proxies: TrustedProxies,
     pub dynamic_page_address: String,
     /// `MaxMessagesPerChannel` (at most `keys::MAX_REDIS_COUNT`).
     pub max_messages_per_channel: usize,
@@ -504,7 +509,10 @@ impl Config {
         let state_file = Some(r.string(&STATE_FILE, None)?)
             .filter(|p| !p.is_empty())
             .map(PathBuf::from);
+        let trusted_proxies = TrustedProxies::parse(&r.string(&TRUSTED_PROXIES, None)?)
+            .map_err(|e| error(format!("{}: {e}", TRUSTED_PROXIES.name)))?;
         Ok(Config {
+            trusted_proxies,
             state_file,
             state_sync,
             controller_hosts,
