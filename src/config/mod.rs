@@ -14,7 +14,7 @@ use keys::*;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 pub mod keys;
@@ -42,12 +42,18 @@ fn error(message: impl Into<String>) -> ConfigError {
 }
 
 /// Reads and merges defaults, the configuration file named on the command
-/// line (or the default one), and the command line itself.
+/// line (or the default one), and the command line itself. Relative paths
+/// in the file are taken from the file's directory, those on the command
+/// line from the working directory.
 pub fn load(command_line: &RawSettings) -> Result<Config, ConfigError> {
     let named = command_line.get(&CONFIG_FILE_LOCATION, None);
     let location = named.unwrap_or(CONFIG_FILE_LOCATION.default).to_owned();
     let file = match std::fs::read(&location) {
-        Ok(text) => parse_file(&text, &location)?,
+        Ok(text) => {
+            let mut file = parse_file(&text, &location)?;
+            file.resolve_paths(&directory_of(Path::new(&location)));
+            file
+        }
         // Without a file of its own the server runs on defaults and the
         // command line; a file that was named must be readable.
         Err(e) if named.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
@@ -67,6 +73,17 @@ pub fn load(command_line: &RawSettings) -> Result<Config, ConfigError> {
         }
     };
     Config::from_raw(&raw_with(&file, command_line), PathBuf::from(location))
+}
+
+/// The directory relative paths in the configuration file at `location`
+/// are taken from: the file's own, made absolute, so that the server finds
+/// its documents, state and pid file wherever it was started from.
+fn directory_of(location: &Path) -> PathBuf {
+    let location = std::path::absolute(location).unwrap_or_else(|_| location.to_owned());
+    match location.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Defaults, overlaid with the file, overlaid with the command line.
@@ -255,7 +272,7 @@ impl Reader<'_> {
         };
         let (min, max, unit) = match key.kind {
             Kind::Number { min, max, unit } => (min, max, unit),
-            Kind::Flag | Kind::Text => (0, u64::MAX, Unit::Plain),
+            Kind::Flag | Kind::Text | Kind::Path => (0, u64::MAX, Unit::Plain),
         };
         let digits = value.trim();
         let above = || {
