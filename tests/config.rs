@@ -570,6 +570,28 @@ fn values_below_a_minimum_are_refused_not_raised_silently() {
 }
 
 #[test]
+fn a_reload_below_a_minimum_keeps_the_running_value() {
+    let conf = format!("MaxControllerLineBytes 64\n{TEST_CONF}");
+    let s = Server::start(&[], &conf);
+    std::fs::write(&s.conf_path, conf.replace("Bytes 64", "Bytes 20")).expect("write config");
+    s.signal("HUP");
+    let kept = s.wait_log(WAIT, |l| {
+        l.contains(
+            "SIGHUP: keeping the running configuration: \
+             MaxControllerLineBytes: 20 is below the minimum of 64 bytes",
+        )
+    });
+    assert!(kept.is_some(), "{:#?}", s.logs());
+    // 64 bytes still pass (a 20-byte limit would refuse them), 65 do not.
+    let line = |text_len: usize| format!("ADDMESSAGE a {}", "x".repeat(text_len));
+    let mut c = s.ctl();
+    assert_eq!(line(51).len(), 64);
+    assert_eq!(c.command(&line(51)), "OK\t1");
+    c.send(&format!("{}\n", line(52)));
+    assert_eq!(c.read_reply_line(), "ERR Line too long");
+}
+
+#[test]
 fn counts_above_their_maximum_are_refused() {
     for (key, value, maximum) in [
         ("MaxHeaderLines", "10001", "maximum of 10000"),
