@@ -157,7 +157,9 @@ fn blank(s: &str) -> bool {
 /// order, for [`TrustedProxies::client`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Forwarding {
+    /// `X-Forwarded-For` lines: comma-separated addresses, nearest last.
     pub x_forwarded_for: Vec<String>,
+    /// `Forwarded` lines (RFC 7239): read only without `X-Forwarded-For`.
     pub forwarded: Vec<String>,
 }
 
@@ -267,11 +269,13 @@ fn unquote(value: &str) -> Option<String> {
 /// forwarded the request, the client it named. Logs show both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
+    /// The socket's peer: the proxy, when there is one.
     pub socket: SocketAddr,
     client: IpAddr,
 }
 
 impl Peer {
+    /// A connection's peer, its own client until a request names another.
     pub fn new(socket: SocketAddr) -> Peer {
         Peer {
             socket,
