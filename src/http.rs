@@ -1,6 +1,8 @@
 //! HTTP request heads on both ports: finding the end of a head, parsing it
 //! with `httparse`, the errors a head can earn, and the CORS lines.
 
+use crate::proxies::Forwarding;
+
 /// Why a request head is refused (wire contract B2); each maps to an HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpError {
@@ -46,6 +48,8 @@ pub struct RequestHead {
     pub authorization: Option<String>,
     /// Every `Cookie` header, where a subscriber token may travel too.
     pub cookies: Vec<String>,
+    /// `X-Forwarded-For` and `Forwarded`, believed from trusted proxies only.
+    pub forwarding: Forwarding,
 }
 
 /// The headers of a WebSocket opening handshake (RFC 6455 4.1), every
@@ -104,6 +108,15 @@ impl Head {
             .iter()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The forwarding headers, every line in order (see `proxies`).
+    pub fn forwarding(&self) -> Forwarding {
+        let all = |name| self.values(name).map(str::to_owned).collect();
+        Forwarding {
+            x_forwarded_for: all("X-Forwarded-For"),
+            forwarded: all("Forwarded"),
+        }
     }
 
     /// The value of a header that may appear at most once (RFC 9110 5.3:
@@ -234,6 +247,7 @@ pub fn parse_head(head: &[u8], max_headers: usize) -> Result<RequestHead, HttpEr
         last_event_id: head.header("Last-Event-ID").and_then(|v| v.parse().ok()),
         authorization: head.header("Authorization").map(str::to_owned),
         cookies: head.values("Cookie").map(str::to_owned).collect(),
+        forwarding: head.forwarding(),
         method: head.method,
         target: head.target,
     })

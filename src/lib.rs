@@ -14,6 +14,7 @@ pub mod hub;
 pub mod io;
 pub mod log;
 pub mod process;
+pub mod proxies;
 pub mod server;
 pub mod state_file;
 pub mod stats;

@@ -570,6 +570,28 @@ fn values_below_a_minimum_are_refused_not_raised_silently() {
 }
 
 #[test]
+fn a_reload_below_a_minimum_keeps_the_running_value() {
+    let conf = format!("MaxControllerLineBytes 64\n{TEST_CONF}");
+    let s = Server::start(&[], &conf);
+    std::fs::write(&s.conf_path, conf.replace("Bytes 64", "Bytes 20")).expect("write config");
+    s.signal("HUP");
+    let kept = s.wait_log(WAIT, |l| {
+        l.contains(
+            "SIGHUP: keeping the running configuration: \
+             MaxControllerLineBytes: 20 is below the minimum of 64 bytes",
+        )
+    });
+    assert!(kept.is_some(), "{:#?}", s.logs());
+    // 64 bytes still pass (a 20-byte limit would refuse them), 65 do not.
+    let line = |text_len: usize| format!("ADDMESSAGE a {}", "x".repeat(text_len));
+    let mut c = s.ctl();
+    assert_eq!(line(51).len(), 64);
+    assert_eq!(c.command(&line(51)), "OK\t1");
+    c.send(&format!("{}\n", line(52)));
+    assert_eq!(c.read_reply_line(), "ERR Line too long");
+}
+
+#[test]
 fn counts_above_their_maximum_are_refused() {
     for (key, value, maximum) in [
         ("MaxHeaderLines", "10001", "maximum of 10000"),
@@ -628,4 +650,73 @@ fn sizes_at_their_maximum_run() {
     sub.expect_str("1:a:m1\n2:a:m2\n3:a:m3\n");
     assert_eq!(ctl.count("a"), 1);
     assert!(s.alive(), "meteord died; logs:\n{}", s.logs().join("\n"));
+}
+
+// ---------------------------------------------------------------------------
+// Paths: relative ones in the file are taken from the file's directory,
+// relative ones on the command line from the working directory.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn relative_paths_in_the_file_are_taken_from_its_directory() {
+    let dir = TempDir::new("relconf");
+    let elsewhere = TempDir::new("cwd");
+    for (site, text) in [("site", "one\n"), ("site2", "two\n")] {
+        std::fs::create_dir_all(dir.join(site)).expect("mkdir");
+        std::fs::write(dir.join(site).join("hello.txt"), text).expect("write doc");
+    }
+    let conf_path = dir.join("meteord.conf");
+    let conf = "SubscriberDocumentRoot site\nPidFile run.pid\nStateFile file.state\n";
+    std::fs::write(&conf_path, conf).expect("write config");
+    // The file named relative to the working directory, which is not its own.
+    let dir_name = dir.path.file_name().expect("dir name").to_string_lossy();
+    let location = format!("../{dir_name}/meteord.conf");
+    let args: Vec<String> = [
+        "-ConfigFileLocation",
+        &location,
+        "-SubscriberIP",
+        "127.0.0.1",
+        "-SubscriberPort",
+        "0",
+        "-ControllerPort",
+        "0",
+        "-SyslogFacility",
+        "none",
+        "-StateFile",
+        "cmd.state",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let docroot = dir.join("site");
+    let s = Server::launch(&args, &elsewhere.path, dir, conf_path, docroot)
+        .unwrap_or_else(|e| panic!("meteord did not start: {e}"));
+    let body = |s: &Server| {
+        let reply = s.http_get("/hello.txt").read_to_end(WAIT);
+        let reply = String::from_utf8_lossy(&reply).into_owned();
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        reply
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(body(&s), "one\n");
+    assert!(
+        s.dir.join("run.pid").exists(),
+        "the pid file is next to the file"
+    );
+    // The command line's StateFile wins, from the working directory.
+    assert!(
+        elsewhere.join("cmd.state").exists(),
+        "the state file is in the working directory"
+    );
+    assert!(!s.dir.join("file.state").exists());
+    assert!(!elsewhere.join("run.pid").exists());
+    // A reload resolves the same way.
+    std::fs::write(&s.conf_path, conf.replace("site", "site2")).expect("write config");
+    s.signal("HUP");
+    let reloaded = s.wait_log(WAIT, |l| l.contains("SIGHUP: configuration reloaded"));
+    assert!(reloaded.is_some(), "{:#?}", s.logs());
+    assert_eq!(body(&s), "two\n");
 }

@@ -1,7 +1,8 @@
 //! Property and fuzz tests for every parser of meteord: the request head and
 //! its target, controller HTTP heads, channel definitions, controller lines,
 //! the configuration file and command line (values and escapes included)
-//! templates, and subscriber tokens (JWT, base64url, JSON).
+//! templates, subscriber tokens (JWT, base64url, JSON), and the forwarding
+//! headers of trusted proxies.
 //!
 //! Each test feeds `METEORD_FUZZ_CASES` inputs (default 3,000: the short run
 //! that CI does with `cargo test`) to one parser: fully random bytes, random
@@ -23,11 +24,13 @@ use meteord::config::{self, Action, ConfigError};
 use meteord::controller::commands::{self, Command};
 use meteord::controller::http as control_http;
 use meteord::http::{self, HttpError};
+use meteord::proxies::{self, Forwarding, TrustedProxies};
 use meteord::subscriber::route::{self, ChannelDef, Route, RouteLimits};
 use meteord::template::{Escape, Placeholder, Template, Value};
 use meteord::token::{self, Claims, base64url, json};
 use std::fmt;
 use std::io::Write;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
 
@@ -1299,6 +1302,118 @@ fn tokens_round_trip() {
                 );
             }
             let _ = json::parse(bytes);
+        },
+    );
+}
+
+// ----------------------------------------------------------------------------
+// Forwarding headers (TrustedProxies)
+// ----------------------------------------------------------------------------
+
+const FORWARDED_FOR: &[&str] = &[
+    "203.0.113.7",
+    "6.6.6.6, 10.0.0.7",
+    "198.51.100.1, 10.0.0.1:8080, 127.0.0.2",
+    "[2001:db8::17]:4711, ::1",
+    "2001:db8::9,fd00::1, 10.1.2.3",
+    " , 1.2.3.4 ,",
+];
+
+/// The reference for one `X-Forwarded-For` entry: what the standard library
+/// reads as an IP address or a socket address (`1.2.3.4:80`, `[::1]:80`),
+/// or an IPv6 address in brackets.
+fn reference_node(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(addr) = entry.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    entry
+        .strip_prefix('[')
+        .and_then(|e| e.strip_suffix(']'))
+        .and_then(|e| e.parse::<Ipv6Addr>().ok())
+        .map(IpAddr::V6)
+}
+
+/// The reference walk over `X-Forwarded-For` lines, from the spec: right to
+/// left, trusted addresses skipped, the first untrusted one is the client;
+/// an entry that is not an address stops the walk at the last address
+/// right of it (or the peer); all trusted: the left-most.
+fn reference_client(trusted: &TrustedProxies, peer: IpAddr, lines: &[String]) -> IpAddr {
+    if !trusted.contains(peer) {
+        return peer;
+    }
+    let joined = lines.join(",");
+    let entries: Vec<&str> = joined
+        .split(',')
+        .map(|e| e.trim_matches([' ', '\t']))
+        .filter(|e| !e.is_empty())
+        .collect();
+    let mut last = peer;
+    for entry in entries.iter().rev() {
+        match reference_node(entry) {
+            Some(ip) if trusted.contains(ip) => last = ip,
+            Some(ip) => return ip,
+            None => return last,
+        }
+    }
+    last
+}
+
+#[test]
+fn forwarding_headers() {
+    let trusted = TrustedProxies::parse("127.0.0.2 10.0.0.0/8 ::1 fd00::/8").expect("trusted");
+    let proxy: IpAddr = "127.0.0.2".parse().expect("ip");
+    let stranger: IpAddr = "127.0.0.3".parse().expect("ip");
+    let corpus: Vec<&[u8]> = FORWARDED_FOR.iter().map(|h| h.as_bytes()).collect();
+    // No '%' (scope ids), '+' or '_' (obfuscated ports), which the standard
+    // library reads differently from RFC 7239.
+    fuzz(
+        "forwarding_headers",
+        &corpus,
+        b"0123456789abcdef.:,[] \t\n",
+        |bytes| {
+            let lines: Vec<String> = lossy(bytes).split('\n').map(str::to_owned).collect();
+            let headers = Forwarding {
+                x_forwarded_for: lines.clone(),
+                forwarded: Vec::new(),
+            };
+            assert_eq!(trusted.client(stranger, &headers), stranger);
+            assert_eq!(
+                trusted.client(proxy, &headers),
+                reference_client(&trusted, proxy, &lines)
+            );
+        },
+    );
+    let forwarded: Vec<String> = FORWARDED_FOR
+        .iter()
+        .map(|line| {
+            line.split(',')
+                .map(|e| format!("for=\"{}\";proto=https", e.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    let corpus: Vec<&[u8]> = forwarded.iter().map(|h| h.as_bytes()).collect();
+    fuzz(
+        "forwarded_headers",
+        &corpus,
+        b"0123456789abcdef.:,;=\"\\[] \tforunknown_",
+        |bytes| {
+            let line = lossy(bytes);
+            let headers = Forwarding {
+                x_forwarded_for: Vec::new(),
+                forwarded: vec![line.clone()],
+            };
+            assert_eq!(trusted.client(stranger, &headers), stranger);
+            // The client is the proxy or an address the line names.
+            let client = trusted.client(proxy, &headers);
+            let named = proxies::forwarded_for(&line).unwrap_or_default();
+            assert!(
+                client == proxy || named.contains(&Some(client)),
+                "{client} from {line:?}"
+            );
         },
     );
 }

@@ -25,6 +25,10 @@ pub enum Scope {
 pub enum Kind {
     /// Text; escapes (`\r \n \t \s \0`) are expanded.
     Text,
+    /// A file or directory, as text. Relative in the configuration file:
+    /// from the file's directory; on the command line: from the working
+    /// directory.
+    Path,
     /// A switch: 0 is off, any other whole number on.
     Flag,
     /// A whole number from `min` to `max` (both included), counting `unit`.
@@ -394,7 +398,7 @@ keys! {
         name: "PidFile",
         default: "",
         scope: Scope::Global,
-        kind: Kind::Text,
+        kind: Kind::Path,
         help: "Pid file written at start and removed at exit (empty: /var/run/meteord.pid when detaching, none otherwise)",
     };
     PERSIST = Key {
@@ -450,7 +454,7 @@ keys! {
         name: "StateFile",
         default: "",
         scope: Scope::Global,
-        kind: Kind::Text,
+        kind: Kind::Path,
         help: "Append-only file that keeps cached events and the id counter across restarts (empty: off; not used with RedisAddress)",
     };
     STATE_SYNC = Key {
@@ -464,7 +468,7 @@ keys! {
         name: "SubscriberDocumentRoot",
         default: "/usr/local/meteor/public_html",
         scope: Scope::Global,
-        kind: Kind::Text,
+        kind: Kind::Path,
         help: "Directory of static files (empty or /: none)",
     };
     SUBSCRIBER_DYNAMIC_PAGE_ADDRESS = Key {
@@ -513,7 +517,7 @@ keys! {
         name: "SyslogSocket",
         default: "/dev/log",
         scope: Scope::Global,
-        kind: Kind::Text,
+        kind: Kind::Path,
         help: "Local datagram socket of the syslog daemon",
     };
     SYSLOG_FACILITY = Key {
@@ -522,6 +526,13 @@ keys! {
         scope: Scope::Global,
         kind: Kind::Text,
         help: "Syslog facility (none: log to standard error)",
+    };
+    TRUSTED_PROXIES = Key {
+        name: "TrustedProxies",
+        default: "",
+        scope: Scope::Global,
+        kind: Kind::Text,
+        help: "Addresses and CIDR ranges (IPv4 or IPv6, separated by spaces or commas) of reverse proxies whose X-Forwarded-For (first) or Forwarded header names the client that logs and records show; from other peers these headers are ignored (empty: trust no one)",
     };
     UDP_IP = Key {
         name: "UDPIP",
@@ -581,7 +592,9 @@ pub fn help() -> String {
          granting the channels (comma-separated names or patterns) for that many seconds,\n\
          signed with SubscriberSecret.\n\
          A number outside its key's range stops the server at start with a message naming the key;\n\
-         durations are at most 315360000 seconds (10 years).\n\n",
+         durations are at most 315360000 seconds (10 years).\n\
+         Relative paths in the configuration file are taken from the file's directory,\n\
+         relative paths on the command line from the working directory.\n\n",
     );
     for key in KEYS {
         let scope = if key.scope == Scope::Mode {
@@ -621,7 +634,7 @@ fn range(kind: Kind) -> String {
             unit,
         } => format!("; at least {}", unit.describe(min)),
         Kind::Number { min, max, unit } => format!("; from {min} to {}", unit.describe(max)),
-        Kind::Text | Kind::Flag => String::new(),
+        Kind::Text | Kind::Path | Kind::Flag => String::new(),
     }
 }
 

@@ -4,15 +4,17 @@
 //!
 //! `keys` is the table of keys, `parse` reads the file and the command line
 //! into raw text, `redis` parses `RedisAddress`. Configuration depends on
-//! no part of the server but the leaf modules `log` and `template`.
+//! no part of the server but the leaf modules `log`, `template` and
+//! `proxies`.
 
 use crate::log::TimeFormat;
+use crate::proxies::TrustedProxies;
 use crate::template::{Framing, Template};
 use keys::*;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 pub mod keys;
@@ -40,12 +42,18 @@ fn error(message: impl Into<String>) -> ConfigError {
 }
 
 /// Reads and merges defaults, the configuration file named on the command
-/// line (or the default one), and the command line itself.
+/// line (or the default one), and the command line itself. Relative paths
+/// in the file are taken from the file's directory, those on the command
+/// line from the working directory.
 pub fn load(command_line: &RawSettings) -> Result<Config, ConfigError> {
     let named = command_line.get(&CONFIG_FILE_LOCATION, None);
     let location = named.unwrap_or(CONFIG_FILE_LOCATION.default).to_owned();
     let file = match std::fs::read(&location) {
-        Ok(text) => parse_file(&text, &location)?,
+        Ok(text) => {
+            let mut file = parse_file(&text, &location)?;
+            file.resolve_paths(&directory_of(Path::new(&location)));
+            file
+        }
         // Without a file of its own the server runs on defaults and the
         // command line; a file that was named must be readable.
         Err(e) if named.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
@@ -65,6 +73,17 @@ pub fn load(command_line: &RawSettings) -> Result<Config, ConfigError> {
         }
     };
     Config::from_raw(&raw_with(&file, command_line), PathBuf::from(location))
+}
+
+/// The directory relative paths in the configuration file at `location`
+/// are taken from: the file's own, made absolute, so that the server finds
+/// its documents, state and pid file wherever it was started from.
+fn directory_of(location: &Path) -> PathBuf {
+    let location = std::path::absolute(location).unwrap_or_else(|_| location.to_owned());
+    match location.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Defaults, overlaid with the file, overlaid with the command line.
@@ -165,6 +184,9 @@ pub struct Config {
     /// `ControllerHosts`, split on whitespace, plus `ControllerIP` (unless
     /// it is 0.0.0.0 or ::): the hosts a controller HTTP request may name.
     pub controller_hosts: Vec<String>,
+    /// `TrustedProxies`: the peers whose forwarding headers name the
+    /// client; read for each request, so a reload applies to the next.
+    pub trusted_proxies: TrustedProxies,
     pub dynamic_page_address: String,
     /// `MaxMessagesPerChannel` (at most `keys::MAX_REDIS_COUNT`).
     pub max_messages_per_channel: usize,
@@ -250,7 +272,7 @@ impl Reader<'_> {
         };
         let (min, max, unit) = match key.kind {
             Kind::Number { min, max, unit } => (min, max, unit),
-            Kind::Flag | Kind::Text => (0, u64::MAX, Unit::Plain),
+            Kind::Flag | Kind::Text | Kind::Path => (0, u64::MAX, Unit::Plain),
         };
         let digits = value.trim();
         let above = || {
@@ -504,7 +526,10 @@ impl Config {
         let state_file = Some(r.string(&STATE_FILE, None)?)
             .filter(|p| !p.is_empty())
             .map(PathBuf::from);
+        let trusted_proxies = TrustedProxies::parse(&r.string(&TRUSTED_PROXIES, None)?)
+            .map_err(|e| error(format!("{}: {e}", TRUSTED_PROXIES.name)))?;
         Ok(Config {
+            trusted_proxies,
             state_file,
             state_sync,
             controller_hosts,

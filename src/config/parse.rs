@@ -2,9 +2,10 @@
 //! command line, and the escapes both use. The result is `RawSettings`,
 //! text per (key, mode), which `Config` later checks and types.
 
-use super::keys::{self, CONFIG_FILE_LOCATION, DEBUG, KEYS, Key, Scope};
+use super::keys::{self, CONFIG_FILE_LOCATION, DEBUG, KEYS, Key, Kind, Scope};
 use super::{ConfigError, error};
 use std::collections::HashMap;
+use std::path::Path;
 
 /// Settings as written: (key, mode) -> raw value, before escapes. Layers
 /// are merged in precedence order: defaults, file, command line. Kept
@@ -31,6 +32,19 @@ impl RawSettings {
     pub(super) fn merge(&mut self, other: &RawSettings) {
         for (k, v) in &other.values {
             self.values.insert(k.clone(), v.clone());
+        }
+    }
+
+    /// Makes every relative path (a key of `Kind::Path`) relative to
+    /// `dir` instead: the configuration file's directory.
+    pub(super) fn resolve_paths(&mut self, dir: &Path) {
+        for ((name, _), value) in &mut self.values {
+            let is_path = keys::find_exact(name).is_some_and(|k| k.kind == Kind::Path);
+            let path = String::from_utf8_lossy(&unescape(value)).into_owned();
+            if is_path && !path.is_empty() && Path::new(&path).is_relative() {
+                // Backslashes in the directory must survive `unescape`.
+                *value = dir.join(path).to_string_lossy().replace('\\', "\\\\");
+            }
         }
     }
 
@@ -281,4 +295,29 @@ pub fn parse_file(text: &[u8], origin: &str) -> Result<RawSettings, ConfigError>
         raw.set(key, mode.clone(), unescape_dashes(value));
     }
     Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::keys::{DIRECTORY_INDEX, PID_FILE, STATE_FILE, SUBSCRIBER_DOCUMENT_ROOT};
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_file_directory() -> Result<(), ConfigError> {
+        let mut raw = parse_file(
+            b"SubscriberDocumentRoot public\\sdocs\nPidFile /run/m.pid\nStateFile\nDirectoryIndex x.html\n",
+            "t.conf",
+        )?;
+        raw.resolve_paths(Path::new("/etc/a\\b"));
+        let value = |key| raw.get(key, None).map(unescape);
+        assert_eq!(
+            value(&SUBSCRIBER_DOCUMENT_ROOT).as_deref(),
+            Some(&b"/etc/a\\b/public docs"[..])
+        );
+        assert_eq!(value(&PID_FILE).as_deref(), Some(&b"/run/m.pid"[..]));
+        assert_eq!(value(&STATE_FILE).as_deref(), Some(&b""[..]));
+        // Not a path.
+        assert_eq!(value(&DIRECTORY_INDEX).as_deref(), Some(&b"x.html"[..]));
+        Ok(())
+    }
 }

@@ -8,6 +8,7 @@ use super::commands::same_secret;
 use crate::channel::PublishRefused;
 use crate::http::{self, HttpError, cors_lines};
 use crate::hub::{Failed, Publish};
+use crate::proxies::Forwarding;
 use crate::template::Escape;
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -31,6 +32,9 @@ pub struct ControlRequest {
     pub expect_continue: bool,
     /// Whether the client asked to close after this request.
     pub close: bool,
+    /// `X-Forwarded-For` and `Forwarded`: from a trusted proxy, the client
+    /// that wrong passwords count against (each request may be another's).
+    pub forwarding: Forwarding,
 }
 
 /// A request refused from its head alone: the status line text and a short
@@ -154,6 +158,7 @@ pub fn parse_request(head: &[u8], max_headers: usize) -> Result<ControlRequest, 
         .unwrap_or_default()
         .to_ascii_lowercase();
     Ok(ControlRequest {
+        forwarding: head.forwarding(),
         host,
         origin,
         authorization,
@@ -289,9 +294,11 @@ fn unavailable(failed: Failed, cors: &str, close: bool) -> Vec<u8> {
     )
 }
 
-/// Answers one request from `peer`; `body` is its complete body.
+/// Answers one request from `peer` (a trusted proxy's forwarding headers
+/// name the client instead); `body` is its complete body.
 pub fn respond(request: &ControlRequest, body: &[u8], peer: IpAddr, ctx: &mut Context) -> Answer {
-    match respond_now(request, body, peer, ctx) {
+    let client = ctx.config.trusted_proxies.client(peer, &request.forwarding);
+    match respond_now(request, body, client, ctx) {
         Ok((response, close)) => Answer::Now(response, close),
         Err(later) => later,
     }

@@ -16,6 +16,7 @@ use crate::conn::{ConnId, Reason, Step};
 use crate::http::{self, HttpError};
 use crate::hub::Hub;
 use crate::io::{Io, READS_PER_TURN, WRITE_BUDGET, read_some, write_some};
+use crate::proxies::Peer;
 use crate::stats::Stats;
 use crate::template::{Placeholder, Template, Value};
 use crate::wsproto::{self, close};
@@ -35,7 +36,8 @@ pub const PROGRAM: &str = "meteord";
 /// A subscriber-port connection.
 pub struct Subscriber {
     pub socket: TcpStream,
-    pub peer: SocketAddr,
+    /// Its peer, and the client behind it once a trusted proxy named one.
+    pub peer: Peer,
     state: State,
 }
 
@@ -195,7 +197,7 @@ impl Subscriber {
     pub fn new(socket: TcpStream, peer: SocketAddr, now: Instant, head_timeout: u64) -> Subscriber {
         Subscriber {
             socket,
-            peer,
+            peer: Peer::new(peer),
             state: State::Head(Head {
                 buf: Vec::new(),
                 deadline: now + Duration::from_secs(head_timeout),
@@ -408,7 +410,7 @@ impl Subscriber {
         if s.mode.persist {
             bytes.extend_from_slice(&s.mode.shutdown);
         }
-        s.leave(self.peer, channels, ctx.hosts, ctx.id, reason);
+        s.leave(self.peer.ip(), channels, ctx.hosts, ctx.id, reason);
         if bytes.is_empty() {
             return Step::Close(reason);
         }
@@ -463,7 +465,13 @@ impl Subscriber {
             wsproto::frame(&mut bytes, wsproto::OP_CLOSE, &payload);
             bytes
         });
-        s.leave(self.peer, &mut ctx.hub.channels, ctx.hosts, ctx.id, reason);
+        s.leave(
+            self.peer.ip(),
+            &mut ctx.hub.channels,
+            ctx.hosts,
+            ctx.id,
+            reason,
+        );
         let Some(bytes) = bytes else {
             // Left its channels: the close hook must not leave them again.
             self.state = State::Head(Head {
@@ -480,9 +488,13 @@ impl Subscriber {
     /// channels it waited for, counts and logs.
     pub fn closed(self, ctx: &mut Context, reason: Reason) {
         match &self.state {
-            State::Streaming(s) => {
-                s.leave(self.peer, &mut ctx.hub.channels, ctx.hosts, ctx.id, reason)
-            }
+            State::Streaming(s) => s.leave(
+                self.peer.ip(),
+                &mut ctx.hub.channels,
+                ctx.hosts,
+                ctx.id,
+                reason,
+            ),
             State::Loading(loading) => {
                 for def in &loading.request.defs {
                     ctx.hub.channels.release(&def.name);
@@ -515,6 +527,8 @@ impl Subscriber {
             Ok(request) => request,
             Err(error) => return self.fail(ctx, error),
         };
+        self.peer
+            .forwarded(&ctx.config.trusted_proxies, &request.forwarding);
         debug!(
             "{}: {} {}",
             self.peer,
@@ -539,7 +553,7 @@ impl Subscriber {
             &request,
             ctx.config,
             ctx.hosts,
-            self.peer,
+            self.peer.ip(),
             unix_now(),
         ) {
             Ok(access) => access,

@@ -14,7 +14,7 @@ use crate::http::RequestHead;
 use crate::info;
 use crate::token::{self, Refusal, pattern};
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 /// What a request was let through with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -137,7 +137,7 @@ pub fn check(
     request: &RequestHead,
     config: &Config,
     hosts: &Hosts,
-    peer: SocketAddr,
+    client: IpAddr,
     now: u64,
 ) -> Result<Access, Denied> {
     if config.subscriber_secrets.is_empty() {
@@ -219,11 +219,7 @@ pub fn check(
             .split(' ')
             .next()
             .unwrap_or_default();
-        info!(
-            "refused\t{}\t{hostid}\t{code}\t{}",
-            peer.ip(),
-            denied.reason()
-        );
+        info!("refused\t{client}\t{hostid}\t{code}\t{}", denied.reason());
     }
     result
 }
@@ -242,6 +238,7 @@ mod tests {
             authorization: authorization.map(str::to_owned),
             cookies: cookies.iter().map(|c| c.to_string()).collect(),
             upgrade: Default::default(),
+            forwarding: Default::default(),
         }
     }
 

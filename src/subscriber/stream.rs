@@ -11,7 +11,7 @@ use crate::stats::Stats;
 use crate::subscriber::websocket::WsInput;
 use mio::net::TcpStream;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -71,7 +71,7 @@ impl Streaming {
     /// `leavechannel` record per channel. Called once, as streaming ends.
     pub fn leave(
         &self,
-        peer: SocketAddr,
+        client: IpAddr,
         channels: &mut Channels,
         hosts: &mut Hosts,
         id: ConnId,
@@ -81,8 +81,7 @@ impl Streaming {
         for cursor in &self.cursors {
             if let Some(channel) = channels.get(cursor.channel) {
                 info!(
-                    "leavechannel\t{}\t{}\t{}\t{seconds}\t{}\t{}\t{}",
-                    peer.ip(),
+                    "leavechannel\t{client}\t{}\t{}\t{seconds}\t{}\t{}\t{}",
                     self.hostid,
                     String::from_utf8_lossy(&channel.name),
                     self.events,

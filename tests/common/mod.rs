@@ -207,7 +207,20 @@ impl Server {
         let docroot = dir.join("docroot");
         std::fs::create_dir_all(&docroot).expect("create docroot");
         let args = std_args(&conf_path, &docroot, extra);
-        let mut child = piped_stderr_command(binary(), &args, &dir.path)
+        let cwd = dir.path.clone();
+        Server::launch(&args, &cwd, dir, conf_path, docroot)
+    }
+
+    /// Starts meteord with exactly `args` in the working directory `cwd`;
+    /// `dir` (holding `conf_path` and `docroot`) lives as long as the server.
+    pub fn launch(
+        args: &[String],
+        cwd: &Path,
+        dir: TempDir,
+        conf_path: PathBuf,
+        docroot: PathBuf,
+    ) -> Result<Server, String> {
+        let mut child = piped_stderr_command(binary(), args, cwd)
             .spawn()
             .map_err(|e| format!("spawn {}: {e}", binary()))?;
         let (logs, rx) = collect_lines(child.stderr.take().expect("stderr piped"));
