@@ -43,19 +43,24 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
-/// `text` with each `(from, to)` done; each `from` must occur exactly
-/// `count` times, or the recipe changed shape and the test says where.
+/// `text` with each line that reads `from` (indentation aside) replaced by
+/// `to`; each `from` must be `count` lines, or the recipe changed shape and
+/// the test says where (comments never match: they are not whole lines).
 fn substitute(recipe: &str, text: &str, edits: &[(&str, &str, usize)]) -> String {
-    let mut out = text.to_owned();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     for (from, to, count) in edits {
-        let found = out.matches(from).count();
+        let mut found = 0;
+        for line in lines.iter_mut().filter(|l| l.trim() == *from) {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            *line = format!("{indent}{to}");
+            found += 1;
+        }
         assert_eq!(
             found, *count,
-            "{recipe}: expected {from:?} {count} time(s), found it {found} time(s)"
+            "{recipe}: expected the line {from:?} {count} time(s), found it {found} time(s)"
         );
-        out = out.replace(from, to);
     }
-    out
+    lines.join("\n") + "\n"
 }
 
 /// The files of a certificate and its key.
@@ -193,8 +198,16 @@ fn start_nginx(dir: &TempDir, ports: (u16, u16), upstream: SocketAddr, tls: &Tls
                 "server_name localhost;",
                 2,
             ),
-            ("/etc/ssl/certs/meteor.example.com.pem", &cert, 1),
-            ("/etc/ssl/private/meteor.example.com.key", &key, 1),
+            (
+                "ssl_certificate     /etc/ssl/certs/meteor.example.com.pem;",
+                &format!("ssl_certificate {cert};"),
+                1,
+            ),
+            (
+                "ssl_certificate_key /etc/ssl/private/meteor.example.com.key;",
+                &format!("ssl_certificate_key {key};"),
+                1,
+            ),
         ],
     );
     std::fs::write(dir.join("site.conf"), site).expect("write the nginx site");
