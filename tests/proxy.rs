@@ -96,13 +96,14 @@ struct Proxy {
     name: &'static str,
     child: Child,
     port: u16,
-    /// Its error log or standard error, for failure messages.
-    log: PathBuf,
+    /// Its logs, for failure messages; the first has its standard output
+    /// and error.
+    logs: Vec<PathBuf>,
 }
 
 impl Proxy {
-    fn spawn(name: &'static str, command: &mut Command, port: u16, log: PathBuf) -> Proxy {
-        let out = File::create(&log).expect("create the proxy's log");
+    fn spawn(name: &'static str, command: &mut Command, port: u16, logs: Vec<PathBuf>) -> Proxy {
+        let out = File::create(&logs[0]).expect("create the proxy's log");
         let err = out.try_clone().expect("clone the log file");
         let child = command
             .stdin(Stdio::null())
@@ -114,7 +115,7 @@ impl Proxy {
             name,
             child,
             port,
-            log,
+            logs,
         };
         proxy.wait_listening();
         proxy
@@ -147,7 +148,8 @@ impl Proxy {
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let read = |path: &PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+        self.logs.iter().map(read).collect::<Vec<_>>().join("\n")
     }
 }
 
@@ -243,7 +245,8 @@ fn start_nginx(dir: &TempDir, ports: (u16, u16), upstream: SocketAddr, tls: &Tls
         .arg("-c")
         .arg(&conf)
         .args(["-g", "daemon off;"]);
-    Proxy::spawn("nginx", &mut command, port, dir.join("nginx-error.log"))
+    let logs = vec![dir.join("nginx-output.log"), dir.join("nginx-error.log")];
+    Proxy::spawn("nginx", &mut command, port, logs)
 }
 
 /// Caddy with tools/deploy/Caddyfile, its admin endpoint off and its data
@@ -279,7 +282,7 @@ fn start_caddy(dir: &TempDir, port: u16, upstream: SocketAddr, tls: &Tls) -> Pro
         .env("HOME", &dir.path)
         .env("XDG_DATA_HOME", dir.join("data"))
         .env("XDG_CONFIG_HOME", dir.join("config"));
-    Proxy::spawn("caddy", &mut command, port, dir.join("caddy.log"))
+    Proxy::spawn("caddy", &mut command, port, vec![dir.join("caddy.log")])
 }
 
 /// The nginx recipe's plain-HTTP server only redirects to https://.
