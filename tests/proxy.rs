@@ -43,17 +43,21 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
-/// `text` with each line that reads `from` (indentation aside) replaced by
-/// `to`; each `from` must be `count` lines, or the recipe changed shape and
-/// the test says where (comments never match: they are not whole lines).
+/// `text` with each line whose directive (what precedes its `#` comment,
+/// indentation aside) reads `from` turned into `to`; each `from` must be
+/// `count` lines, or the recipe changed shape and the test says where (text
+/// in comments never matches).
 fn substitute(recipe: &str, text: &str, edits: &[(&str, &str, usize)]) -> String {
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     for (from, to, count) in edits {
         let mut found = 0;
-        for line in lines.iter_mut().filter(|l| l.trim() == *from) {
-            let indent = &line[..line.len() - line.trim_start().len()];
-            *line = format!("{indent}{to}");
-            found += 1;
+        for line in lines.iter_mut() {
+            let code = line.split('#').next().unwrap_or_default();
+            if code.trim() == *from {
+                let indent = &code[..code.len() - code.trim_start().len()];
+                *line = format!("{indent}{to}");
+                found += 1;
+            }
         }
         assert_eq!(
             found, *count,
