@@ -15,96 +15,13 @@
 mod common;
 
 use common::Server;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use common::browser::{fill_docroot, missing_tool, repo, run_node};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 /// The whole browser run normally takes well under 20 s.
 const NODE_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// What is missing to run the browser test, if anything.
-fn missing_tool() -> Option<&'static str> {
-    let node_runs = Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !Path::new(CHROMIUM).exists() {
-        Some("/usr/bin/chromium (apt-get install chromium)")
-    } else if !node_runs {
-        Some("node (apt-get install nodejs npm)")
-    } else if !repo()
-        .join("tests/browser/node_modules/playwright-core")
-        .is_dir()
-    {
-        Some("tests/browser/node_modules/playwright-core (cd tests/browser && npm ci)")
-    } else {
-        None
-    }
-}
-
-/// Serves what the bundled configuration serves, plus the test page.
-fn fill_docroot(server: &Server) {
-    let public = repo().join("public_html");
-    for entry in std::fs::read_dir(&public).expect("read public_html") {
-        let path = entry.expect("public_html entry").path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        server.write_doc(
-            &name,
-            &std::fs::read(&path).expect("read a public_html file"),
-        );
-    }
-    server.write_doc("test.html", include_bytes!("browser/test.html"));
-}
-
-fn read_all(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    })
-}
-
-/// Runs `node <script>` to completion (or kills it after NODE_TIMEOUT);
-/// returns whether it exited 0, and everything it printed.
-fn run_node(script: &str, args: &[String]) -> (bool, String) {
-    let mut child = Command::new("node")
-        .arg(repo().join("tests/browser").join(script))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn node");
-    let stdout = read_all(child.stdout.take().expect("piped stdout"));
-    let stderr = read_all(child.stderr.take().expect("piped stderr"));
-    let deadline = Instant::now() + NODE_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    let output = stdout.join().unwrap_or_default() + &stderr.join().unwrap_or_default();
-    match status {
-        Some(status) => (status.success(), output),
-        None => (
-            false,
-            format!("{output}\nnode killed after {NODE_TIMEOUT:?}"),
-        ),
-    }
-}
 
 #[test]
 #[ignore = "needs chromium, node and playwright-core (cd tests/browser && npm ci): run with --include-ignored (see README)"]
@@ -130,6 +47,7 @@ fn meteor_js_in_chromium() {
             screenshot.to_string_lossy().into_owned(),
             secret.to_owned(),
         ],
+        NODE_TIMEOUT,
     );
     assert!(
         ok,
@@ -170,6 +88,7 @@ fn websocket_subscribers_through_the_ws_package() {
             server.ctl_addr.port().to_string(),
             server.pid().to_string(),
         ],
+        NODE_TIMEOUT,
     );
     assert!(
         ok,

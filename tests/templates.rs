@@ -134,6 +134,9 @@ fn bundled() -> Server {
 
 const CLASSIC_HEAD: &str = "HTTP/1.1 200 OK\r\nServer: meteord\r\nContent-Type: text/plain; charset=utf-8\r\nPragma: no-cache\r\nCache-Control: no-cache, no-store, must-revalidate\r\nExpires: Thu, 1 Jan 1970 00:00:00 GMT\r\n\r\n";
 
+/// The head of the classic streaming modes: nginx must not buffer them.
+const CLASSIC_STREAM_HEAD: &str = "HTTP/1.1 200 OK\r\nServer: meteord\r\nContent-Type: text/plain; charset=utf-8\r\nPragma: no-cache\r\nCache-Control: no-cache, no-store, must-revalidate\r\nExpires: Thu, 1 Jan 1970 00:00:00 GMT\r\nX-Accel-Buffering: no\r\n\r\n";
+
 #[test]
 fn classic_iframe_mode() {
     let s = bundled();
@@ -143,7 +146,7 @@ fn classic_iframe_mode() {
     c.expect_str(
         "HTTP/1.1 200 OK\r\nServer: meteord\r\nContent-Type: text/html; charset=utf-8\r\n\
          Pragma: no-cache\r\nCache-Control: no-cache, no-store, must-revalidate\r\n\
-         Expires: Thu, 1 Jan 1970 00:00:00 GMT\r\n\r\n\
+         Expires: Thu, 1 Jan 1970 00:00:00 GMT\r\nX-Accel-Buffering: no\r\n\r\n\
          <html><head><script type=\"text/javascript\">\r\nwindow.onError = null;\r\n\
          parent.Meteor.register(this);\r\n</script>\r\n</head>\r\n\
          <body onload=\"try { parent.Meteor.reset(this) } catch (e) {}\">\r\n\
@@ -163,7 +166,7 @@ fn classic_xhrinteractive_mode() {
     let s = bundled();
     let mut ctl = s.ctl();
     let mut c = s.http_get("/push/h1/xhrinteractive/ch");
-    c.expect_str(&format!("{CLASSIC_HEAD}ch(\"ch\", 0);\r\n"));
+    c.expect_str(&format!("{CLASSIC_STREAM_HEAD}ch(\"ch\", 0);\r\n"));
     ctl.add("ch", "a b");
     c.expect_str("p(1,\"ch\",\"a b\");\r\n");
     let mut d = s.http_get("/disconnect/h1");
@@ -213,7 +216,7 @@ fn classic_flash_mode() {
     ctl.add("ch", "x");
     let mut c = s.http_get("/push/h1/flash/ch.h");
     c.expect_str(&format!(
-        "{CLASSIC_HEAD}ch(\"ch\", 1);\0p(1,\"ch\",\"x\");\0"
+        "{CLASSIC_STREAM_HEAD}ch(\"ch\", 1);\0p(1,\"ch\",\"x\");\0"
     ));
     let mut d = s.http_get("/disconnect/h1");
     d.read_to_end(WAIT);

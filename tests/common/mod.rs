@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod fake_redis;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
