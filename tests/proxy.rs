@@ -10,9 +10,10 @@
 //! through each proxy: every transport, each event arriving before the next
 //! is published, pings, HTTP/2 (see the script). The nginx around the recipe
 //! compresses every type meteord sends, so a recipe without `gzip off` for the
-//! streams would fail.
+//! streams would fail. Last, curl from 127.0.0.5 with a forged
+//! X-Forwarded-For through each proxy shows `TrustedProxies` at work.
 //!
-//! It needs nginx, caddy and openssl besides what tests/browser.rs needs, so
+//! It needs nginx, caddy, openssl and curl besides what tests/browser.rs needs, so
 //! it is `#[ignore]`d: `cargo test -- --include-ignored` (as CI does) runs it,
 //! and a missing tool then fails it, naming what to install.
 
@@ -320,7 +321,14 @@ fn recipes_pass_every_transport_unbuffered() {
     // (WebSocket handshakes from other origins are refused).
     let origins = format!("https://localhost:{nginx_port} https://localhost:{caddy_port}");
     let server = Server::start(
-        &["-PingInterval", PING_SECONDS, "-AllowedOrigins", &origins],
+        &[
+            "-PingInterval",
+            PING_SECONDS,
+            "-AllowedOrigins",
+            &origins,
+            "-TrustedProxies",
+            "127.0.0.1",
+        ],
         include_str!("../meteor.conf"),
     );
     fill_docroot(&server);
@@ -348,6 +356,42 @@ fn recipes_pass_every_transport_unbuffered() {
         last_lines(&server.logs().join("\n"), 40),
     );
     println!("{output}");
+
+    for (proxy, hostid) in [(&nginx, "xffnginx"), (&caddy, "xffcaddy")] {
+        expect_forwarded_client(proxy, &server, hostid);
+    }
+}
+
+/// Behind each recipe with `TrustedProxies 127.0.0.1` (what the README
+/// tells users to set), the joinchannel record names the real client
+/// (curl from 127.0.0.5), never the proxy nor the address the client
+/// forged in its own X-Forwarded-For.
+fn expect_forwarded_client(proxy: &Proxy, server: &Server, hostid: &str) {
+    let url = format!("https://localhost:{}/push/{hostid}/sse/demo", proxy.port);
+    let out = Command::new("curl")
+        .args(["-4", "-sk", "-o", "/dev/null", "--max-time", "2"])
+        .args(["--interface", "127.0.0.5", "-H", "X-Forwarded-For: 6.6.6.6"])
+        .arg(&url)
+        .output()
+        .expect("run curl (apt-get install curl)");
+    // 28: the stream was still open when --max-time ended it, as expected.
+    assert!(
+        matches!(out.status.code(), Some(0 | 28)),
+        "curl {url} through {}: {}\n{}",
+        proxy.name,
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = server
+        .wait_log(Duration::from_secs(10), |l| {
+            l.contains("joinchannel") && l.contains(hostid)
+        })
+        .unwrap_or_else(|| panic!("no joinchannel record for {hostid} through {}", proxy.name));
+    assert!(
+        record.contains("\t127.0.0.5\t") && !record.contains("6.6.6.6"),
+        "through {} the record should name 127.0.0.5, not the proxy nor the forged 6.6.6.6: {record}",
+        proxy.name
+    );
 }
 
 fn last_lines(text: &str, n: usize) -> String {
