@@ -390,7 +390,8 @@ fn missing_default_file_runs_on_defaults_and_says_so() {
         eprintln!("SKIP: /etc/meteord.conf exists on this machine");
         return;
     }
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meteord"))
+    let mut child = std::process::Command::new(&binary()[0])
+        .args(&binary()[1..])
         .args(["-SyslogFacility", "none", "-SubscriberIP", "127.0.0.1"])
         .args(["-SubscriberPort", "0", "-ControllerPort", "0"])
         .stdin(std::process::Stdio::null())
