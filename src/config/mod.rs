@@ -2,9 +2,10 @@
 //! bound) the server runs with, and `load`, which builds them from the
 //! defaults, the configuration file and the command line.
 //!
-//! `keys` is the table of keys, `parse` reads the file and the command line
-//! into raw text, `redis` parses `RedisAddress`. Configuration depends on
-//! no part of the server but the leaf modules `log` and `template`.
+//! `keys` is the table of keys, `man` turns it into the manual page,
+//! `parse` reads the file and the command line into raw text, `redis`
+//! parses `RedisAddress`. Configuration depends on no part of the server
+//! but the leaf modules `log` and `template`.
 
 use crate::log::TimeFormat;
 use crate::template::{Framing, Template};
@@ -16,10 +17,12 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 pub mod keys;
+mod man;
 mod parse;
 mod redis;
 
 pub use keys::help;
+pub use man::man;
 use parse::defaults;
 pub use parse::{Action, RawSettings, is_mode_name, parse_args, parse_file, unescape};
 pub use redis::RedisSettings;
