@@ -312,9 +312,13 @@ impl Reader<'_> {
         i32::try_from(n).map_err(|_| error(format!("{}: {n} is too large", key.name)))
     }
 
+    /// A count or size in memory. On a 32-bit machine a value past
+    /// `usize::MAX` bounds nothing the address space could hold, so it
+    /// saturates (as the key's maximum does on 64 bits) instead of refusing
+    /// a value the key's range allows.
     fn size(&self, key: &Key) -> Result<usize, ConfigError> {
         let n = self.number(key, None)?;
-        usize::try_from(n).map_err(|_| error(format!("{}: {n} is too large", key.name)))
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     fn mode(&self, mode: Option<&str>, warnings: &mut Vec<String>) -> Result<Mode, ConfigError> {
