@@ -52,6 +52,10 @@ fn main() {
             print!("{}", config::help());
             return;
         }
+        Action::Man => {
+            print!("{}", config::man());
+            return;
+        }
         Action::Run | Action::Token { .. } => {}
     }
     let config = match config::load(&command_line) {
@@ -68,15 +72,22 @@ fn main() {
         return;
     }
     log::configure(config.debug, config.log_time_format);
-    let syslog = config.syslog_facility.filter(|_| !config.debug);
-    if let Some(facility) = syslog
-        && let Err(e) = log::to_syslog(&config.syslog_socket, facility)
-    {
-        eprintln!(
-            "meteord: cannot log to syslog at {}: {e}; logging to standard error",
-            config.syslog_socket.display()
-        );
-    }
+    // Without a syslog daemon to hear it, a detached server would log into
+    // /dev/null: then it logs to standard error and stays in the foreground.
+    let syslog = config
+        .syslog_facility
+        .filter(|_| !config.debug)
+        .filter(|&facility| {
+            log::to_syslog(&config.syslog_socket, facility)
+                .map_err(|e| {
+                    eprintln!(
+                        "meteord: cannot log to syslog at {}: {e}; logging to standard error \
+                     and staying in the foreground",
+                        config.syslog_socket.display()
+                    );
+                })
+                .is_ok()
+        });
     let detach = syslog.is_some() && !config.foreground;
     let pid_path = match (&config.pid_file, detach) {
         (Some(path), _) => Some(path.clone()),

@@ -72,6 +72,43 @@ fn help_lists_every_key() {
     );
 }
 
+/// `-man` prints meteord(8) in roff with an entry for every key `-help`
+/// lists, with the same description: both come from one table.
+#[test]
+fn man_page_has_every_help_key_with_its_description() {
+    let help = run_meteord(&["-help"], RUN);
+    let man = run_meteord(&["-man"], RUN);
+    assert_eq!(man.code, Some(0), "stderr: {}", man.stderr);
+    assert!(
+        man.stdout.starts_with(".TH METEORD 8 "),
+        "not a section 8 page: {:?}",
+        &man.stdout[..man.stdout.len().min(80)]
+    );
+    let roff = |s: &str| s.replace('\\', "\\e").replace('-', "\\-");
+    let mut keys = 0;
+    for line in help.stdout.lines() {
+        let Some((name, description)) = line
+            .strip_prefix("  -")
+            .and_then(|rest| rest.split_once(' '))
+        else {
+            continue;
+        };
+        let entry = format!(".BI \\-{name} ");
+        let at = man
+            .stdout
+            .find(&entry)
+            .unwrap_or_else(|| panic!("-man has no entry for -{name}"));
+        let body = man.stdout[at..].lines().nth(1).unwrap_or("");
+        assert_eq!(
+            body,
+            format!("{}.", roff(description.trim())),
+            "-man describes -{name} differently from -help"
+        );
+        keys += 1;
+    }
+    assert!(keys >= KEYS.len(), "only {keys} keys in -help");
+}
+
 fn expect_fatal(args: &[&str], conf: &str, names: &[&str]) {
     let dir = TempDir::new("cfg");
     let conf_path = dir.join("c.conf");
@@ -390,7 +427,8 @@ fn missing_default_file_runs_on_defaults_and_says_so() {
         eprintln!("SKIP: /etc/meteord.conf exists on this machine");
         return;
     }
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meteord"))
+    let mut child = std::process::Command::new(&binary()[0])
+        .args(&binary()[1..])
         .args(["-SyslogFacility", "none", "-SubscriberIP", "127.0.0.1"])
         .args(["-SubscriberPort", "0", "-ControllerPort", "0"])
         .stdin(std::process::Stdio::null())

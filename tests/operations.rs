@@ -1650,10 +1650,10 @@ fn open_file_limit_is_raised_to_the_hard_limit_and_logged() {
     let mut args = vec![
         "-c".to_owned(),
         "ulimit -S -n 200 && exec \"$0\" \"$@\"".to_owned(),
-        binary().to_owned(),
     ];
+    args.extend_from_slice(binary());
     args.extend(std_args(&conf, &dir.path, &["-MaxControllers", "10"]));
-    let p = Proc::start(piped_stderr_command("sh", &args, &dir.path));
+    let p = Proc::start(piped_stderr_command(&["sh".to_owned()], &args, &dir.path));
     let line = p
         .wait_stderr(WAIT, |l| l.contains("open-file limit "))
         .unwrap_or_else(|| panic!("no open-file limit line: {:?}", p.stderr()));
@@ -1692,6 +1692,37 @@ impl Drop for KillOnDrop {
             }
         }
     }
+}
+
+/// With no syslog daemon at `SyslogSocket` a detached server would log into
+/// /dev/null: it says so, logs to standard error and stays in the
+/// foreground (what the Debian package's configuration does where no
+/// syslog daemon runs).
+#[test]
+fn unreachable_syslog_socket_keeps_the_server_in_the_foreground_on_stderr() {
+    let dir = TempDir::new("nosyslog");
+    let conf = dir.join("c.conf");
+    std::fs::write(&conf, TEST_CONF).unwrap();
+    // No -Foreground: with a reachable socket this configuration detaches.
+    let args = syslog_args(&conf, &dir.path, &dir.join("missing.sock"), &[]);
+    let mut p = Proc::spawn(&args, &[], &dir.path);
+    let warning = p.wait_stderr(WAIT, |l| l.contains("cannot log to syslog at "));
+    let warning = warning.unwrap_or_else(|| panic!("no syslog warning: {:?}", p.stderr()));
+    assert!(
+        warning.contains("missing.sock") && warning.contains("staying in the foreground"),
+        "{warning:?}"
+    );
+    let listening = p
+        .wait_stderr(WAIT, |l| l.contains("listening for controllers on "))
+        .unwrap_or_else(|| panic!("no listening line on stderr: {:?}", p.stderr()));
+    let ctl = address_after(&listening, "listening for controllers on ").unwrap();
+    // The process started is the server itself: it did not fork away.
+    assert!(
+        matches!(p.child.try_wait(), Ok(None)),
+        "meteord exited (detached?): {:?}",
+        p.stderr()
+    );
+    assert_eq!(Controller::connect(ctl).add("a", "x"), 1);
 }
 
 #[test]

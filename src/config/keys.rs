@@ -586,8 +586,9 @@ pub(super) fn find_exact(name: &str) -> Option<&'static Key> {
 /// The `-help` text: every key with its description, default and range.
 pub fn help() -> String {
     let mut out = String::from(
-        "meteord: a Comet server. Usage: meteord [-Key value | -Key.mode value]... [-d] [-v] [-help]\n\
-         Keys are case-insensitive and may be abbreviated; -d is -Debug 1; -v prints the version.\n\
+        "meteord: a Comet server. Usage: meteord [-Key value | -Key.mode value]... [-d] [-v] [-help] [-man]\n\
+         Keys are case-insensitive and may be abbreviated; -d is -Debug 1; -v prints the version;\n\
+         -man prints the manual page meteord(8) (roff, for man -l -).\n\
          meteord [-Key value]... -token <channels> <seconds> [<hostid>] prints a subscriber token\n\
          granting the channels (comma-separated names or patterns) for that many seconds,\n\
          signed with SubscriberSecret.\n\
@@ -620,8 +621,9 @@ pub fn help() -> String {
     out
 }
 
-/// How -help states a number's range: empty when any number will do.
-fn range(kind: Kind) -> String {
+/// How -help (and the manual page) states a number's range: empty when any
+/// number will do.
+pub(super) fn range(kind: Kind) -> String {
     match kind {
         Kind::Number {
             min: 0,

@@ -2,10 +2,10 @@
 //! bound) the server runs with, and `load`, which builds them from the
 //! defaults, the configuration file and the command line.
 //!
-//! `keys` is the table of keys, `parse` reads the file and the command line
-//! into raw text, `redis` parses `RedisAddress`. Configuration depends on
-//! no part of the server but the leaf modules `log`, `template` and
-//! `proxies`.
+//! `keys` is the table of keys, `man` turns it into the manual page,
+//! `parse` reads the file and the command line into raw text, `redis`
+//! parses `RedisAddress`. Configuration depends on no part of the server
+//! but the leaf modules `log`, `template` and `proxies`.
 
 use crate::log::TimeFormat;
 use crate::proxies::TrustedProxies;
@@ -18,10 +18,12 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 pub mod keys;
+mod man;
 mod parse;
 mod redis;
 
 pub use keys::help;
+pub use man::man;
 use parse::defaults;
 pub use parse::{Action, RawSettings, is_mode_name, parse_args, parse_file, unescape};
 pub use redis::RedisSettings;
@@ -331,9 +333,13 @@ impl Reader<'_> {
         i32::try_from(n).map_err(|_| error(format!("{}: {n} is too large", key.name)))
     }
 
+    /// A count or size in memory. On a 32-bit machine a value past
+    /// `usize::MAX` bounds nothing the address space could hold, so it
+    /// saturates (as the key's maximum does on 64 bits) instead of refusing
+    /// a value the key's range allows.
     fn size(&self, key: &Key) -> Result<usize, ConfigError> {
         let n = self.number(key, None)?;
-        usize::try_from(n).map_err(|_| error(format!("{}: {n} is too large", key.name)))
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     fn mode(&self, mode: Option<&str>, warnings: &mut Vec<String>) -> Result<Mode, ConfigError> {

@@ -123,6 +123,8 @@ pub enum Action {
     Run,
     Version,
     Help,
+    /// `-man`: print the manual page meteord(8) in roff.
+    Man,
     /// `-token <channels> <seconds> [<hostid>]`: print a subscriber token
     /// granting `channels` (names or patterns, separated by commas or
     /// spaces) for `seconds`, bound to `hostid` if given, signed with the
@@ -180,7 +182,8 @@ fn token_action(args: &[String], i: &mut usize) -> Result<Action, ConfigError> {
 
 /// Parses the command line (without the program name): `-Key value`,
 /// `-Key.mode value`, case-insensitive unambiguous prefixes, a key with no
-/// value meaning `1`, `--x` as a value meaning `-x`, `-d`, `-v`, `-help`.
+/// value meaning `1`, `--x` as a value meaning `-x`, `-d`, `-v`, `-help`,
+/// `-man`.
 pub fn parse_args(args: &[String]) -> Result<(Action, RawSettings), ConfigError> {
     let mut raw = RawSettings::default();
     let mut action = Action::Run;
@@ -197,6 +200,7 @@ pub fn parse_args(args: &[String]) -> Result<(Action, RawSettings), ConfigError>
         match name {
             "v" | "version" => return Ok((Action::Version, raw)),
             "help" | "h" => return Ok((Action::Help, raw)),
+            "man" => return Ok((Action::Man, raw)),
             "token" => {
                 action = token_action(args, &mut i)?;
                 continue;

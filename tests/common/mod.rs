@@ -4,6 +4,14 @@
 //! its startup log lines, and offers small clients for the controller line
 //! protocol and the subscriber HTTP port. Only std is used. Nothing here
 //! sleeps to synchronise: every wait is a read with a deadline.
+//!
+//! The server run is the binary cargo built, unless the environment
+//! variable `METEORD_TEST_BINARY` names another command: its value is split
+//! on whitespace into a program and leading arguments, so that
+//! `METEORD_TEST_BINARY="qemu-aarch64 target/dist/meteord-aarch64"` runs a
+//! cross-built release binary under qemu user-mode emulation for every
+//! suite (see `tools/ci_release.sh`). The waits below leave room for the
+//! emulator's slower start and execution.
 
 #![allow(dead_code)]
 
@@ -156,8 +164,23 @@ impl Drop for TempDir {
 // The server process
 // ---------------------------------------------------------------------------
 
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_meteord")
+/// The words that run meteord: `METEORD_TEST_BINARY` split on whitespace
+/// when it is set and not blank (an emulator and a cross-built binary, say),
+/// else the binary cargo built for these tests.
+pub fn binary() -> &'static [String] {
+    static WORDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    WORDS.get_or_init(|| {
+        let words: Vec<String> = std::env::var("METEORD_TEST_BINARY")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if words.is_empty() {
+            vec![env!("CARGO_BIN_EXE_meteord").to_owned()]
+        } else {
+            words
+        }
+    })
 }
 
 /// A running meteord. Dropping it kills the process; the drop fails the
@@ -223,7 +246,7 @@ impl Server {
     ) -> Result<Server, String> {
         let mut child = piped_stderr_command(binary(), args, cwd)
             .spawn()
-            .map_err(|e| format!("spawn {}: {e}", binary()))?;
+            .map_err(|e| format!("spawn {}: {e}", binary().join(" ")))?;
         let (logs, rx) = collect_lines(child.stderr.take().expect("stderr piped"));
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut sub = None;
@@ -417,7 +440,8 @@ pub struct RunResult {
 
 pub fn run_meteord(args: &[&str], timeout: Duration) -> RunResult {
     let dir = TempDir::new("run");
-    let mut child = Command::new(binary())
+    let mut child = Command::new(&binary()[0])
+        .args(&binary()[1..])
         .args(args)
         .current_dir(&dir.path)
         .stdin(Stdio::null())
@@ -458,11 +482,13 @@ pub fn run_meteord(args: &[&str], timeout: Duration) -> RunResult {
     }
 }
 
-/// A command for `program` with `args`, run in `cwd`, with no standard input,
+/// A command for `command` (a program and its leading arguments, like
+/// [`binary`]) with `args`, run in `cwd`, with no standard input,
 /// standard output discarded and standard error piped.
-pub fn piped_stderr_command(program: &str, args: &[String], cwd: &Path) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
+pub fn piped_stderr_command(command: &[String], args: &[String], cwd: &Path) -> Command {
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..])
+        .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
