@@ -242,6 +242,7 @@ mod tests {
             authorization: authorization.map(str::to_owned),
             cookies: cookies.iter().map(|c| c.to_string()).collect(),
             upgrade: Default::default(),
+            keep_alive: true,
         }
     }
 

@@ -8,6 +8,7 @@ use crate::conn::{ConnId, Reason, Step};
 use crate::info;
 use crate::io::{Io, WRITE_BUDGET, write_pair};
 use crate::stats::Stats;
+use crate::subscriber::keepalive::KeepAlive;
 use crate::subscriber::websocket::WsInput;
 use mio::net::TcpStream;
 use std::collections::HashMap;
@@ -57,6 +58,9 @@ pub struct Streaming {
     /// Bytes left of the frame a WebSocket subscriber's last write stopped
     /// inside (0 at a frame boundary).
     pub frame_left: u64,
+    /// Set when the connection stays open for another request after this
+    /// reply: the reply then carries its length.
+    pub keep: Option<Box<KeepAlive>>,
 }
 
 /// The next run of bytes to send from one cursor.
@@ -192,9 +196,49 @@ impl Streaming {
         })
     }
 
+    /// Fixes what a kept-alive reply sends (with `events`, the events there
+    /// are now, up to its limit; else none), announces its length with
+    /// `extra` (a shutdown message) after the head's channel info, and ends
+    /// it there.
+    pub fn frame(&mut self, channels: &Channels, events: bool, extra: &[u8]) {
+        let starts: Vec<u64> = self.cursors.iter().map(|c| c.pos).collect();
+        let before = self.events;
+        let mut bytes = 0;
+        // Each chunk moves a cursor on by at least one byte of what its
+        // channel holds: the loop ends within the channels' buffers.
+        while events && (self.limit == 0 || self.events < self.limit) {
+            let Some(chunk) = self.next_chunk(channels) else {
+                break;
+            };
+            let (from, len) = (chunk.from, chunk.bytes.len() as u64);
+            let cursor = &mut self.cursors[chunk.cursor];
+            cursor.pos += len;
+            bytes += len;
+            self.events += channels.get(cursor.channel).map_or(0, |c| {
+                c.stream(cursor.stream)
+                    .events_completed(from, cursor.pos)
+            });
+        }
+        for (cursor, start) in self.cursors.iter_mut().zip(starts) {
+            cursor.end = cursor.pos;
+            cursor.pos = start;
+        }
+        self.events = before;
+        if let Some(keep) = &mut self.keep {
+            keep.frame(&mut self.out, bytes, extra);
+        }
+    }
+
+    /// Whether it is a kept-alive reply whose length is not announced yet
+    /// (nothing of it is sent before).
+    pub fn unframed(&self) -> bool {
+        self.keep.as_ref().is_some_and(|k| !k.framed)
+    }
+
     /// Writes pending bytes, the header or ping first, then events, in one
     /// system call for both (a long-poll reply is one `writev`), within the
-    /// turn's budget.
+    /// turn's budget. A kept-alive long-poll sends nothing until it has an
+    /// event, then announces the length of what it has.
     pub fn write(
         &mut self,
         socket: &mut TcpStream,
@@ -202,6 +246,12 @@ impl Streaming {
         stats: &mut Stats,
         now: Instant,
     ) -> Step {
+        if self.unframed() {
+            if self.mode.persist && self.next_chunk(channels).is_none() {
+                return Step::Wait;
+            }
+            self.frame(channels, true, b"");
+        }
         let mut budget = WRITE_BUDGET;
         loop {
             if self.lost_events(channels) {
@@ -219,7 +269,7 @@ impl Streaming {
                 }
                 match chunk {
                     _ if limit_reached => return Step::Close(Reason::MaxMessages),
-                    None if self.mode.persist => return Step::Wait,
+                    None if self.mode.persist && self.keep.is_none() => return Step::Wait,
                     None => return Step::Close(Reason::ResponseComplete),
                     Some(_) => {}
                 }
