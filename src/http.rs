@@ -293,9 +293,18 @@ mod tests {
         assert_eq!(parse_head(b"\x01\r\n\r\n", 8), Err(HttpError::BadRequest));
         let keep = |head: &[u8]| parse_head(head, 8).map(|h| h.keep_alive);
         assert_eq!(keep(b"GET / HTTP/1.1\r\n\r\n"), Ok(true));
-        assert_eq!(keep(b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"), Ok(true));
-        assert_eq!(keep(b"GET / HTTP/1.1\r\nConnection: x, Close\r\n\r\n"), Ok(false));
-        assert_eq!(keep(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"), Ok(false));
+        assert_eq!(
+            keep(b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"),
+            Ok(true)
+        );
+        assert_eq!(
+            keep(b"GET / HTTP/1.1\r\nConnection: x, Close\r\n\r\n"),
+            Ok(false)
+        );
+        assert_eq!(
+            keep(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"),
+            Ok(false)
+        );
     }
 
     #[test]

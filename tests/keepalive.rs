@@ -117,7 +117,11 @@ fn pipelined_requests_are_answered_in_order() {
     ctl.add("a", "two");
     // Two requests in one write, both with a backlog.
     let mut c = s.connect_sub();
-    let two = format!("{}{}", get("/push/h/ka/a.r1", ""), get("/push/h/ka/a.r2", ""));
+    let two = format!(
+        "{}{}",
+        get("/push/h/ka/a.r1", ""),
+        get("/push/h/ka/a.r2", "")
+    );
     c.send(two.as_bytes());
     c.expect_str(&framed("a=2\n1:a:one\n2:a:two\n", ""));
     c.expect_str(&framed("a=2\n2:a:two\n", ""));
@@ -190,7 +194,10 @@ fn head_timeout_counts_from_the_first_byte_of_the_next_request() {
     // Half a head: 408 once HeadTimeout has passed.
     c.send(b"GET /push/h/ka/a.h HTTP/1.1\r\n");
     let got = c.read_to_end(WAIT);
-    assert_eq!(show(&got), show(default_header("408 Request Timeout").as_bytes()));
+    assert_eq!(
+        show(&got),
+        show(default_header("408 Request Timeout").as_bytes())
+    );
 }
 
 #[test]
@@ -231,7 +238,10 @@ fn kept_alive_connections_count_against_max_subscribers() {
     // Both idle, both counted: a third is refused.
     let mut third = s.connect_sub();
     let got = third.read_to_end(WAIT);
-    assert_eq!(show(&got), show(default_header("503 Service Unavailable").as_bytes()));
+    assert_eq!(
+        show(&got),
+        show(default_header("503 Service Unavailable").as_bytes())
+    );
     // One leaves: there is room again.
     conns.pop();
     assert_eq!(ctl.wait_stat("current_subscribers", WAIT, |n| n == 1), 1);
@@ -280,7 +290,11 @@ fn connection_close_http10_and_classic_longpoll_still_close() {
     for request in cases {
         let mut c = s.request(request.as_bytes());
         let got = c.read_to_end(WAIT);
-        assert_eq!(show(&got), show(classic("a=1\n1:a:one\n").as_bytes()), "{request:?}");
+        assert_eq!(
+            show(&got),
+            show(classic("a=1\n1:a:one\n").as_bytes()),
+            "{request:?}"
+        );
     }
 }
 

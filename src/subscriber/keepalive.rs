@@ -29,10 +29,7 @@ pub struct KeepAlive {
 /// replies end by themselves, the client is HTTP/1.1 and did not ask to
 /// close, and nothing it sent was dropped.
 pub fn wanted(request: &RequestHead, mode: &crate::config::Mode, timeout: u64) -> bool {
-    mode.keep_alive
-        && timeout > 0
-        && request.keep_alive
-        && (!mode.persist || mode.max_messages > 0)
+    mode.keep_alive && timeout > 0 && request.keep_alive && (!mode.persist || mode.max_messages > 0)
 }
 
 impl KeepAlive {
@@ -41,7 +38,12 @@ impl KeepAlive {
     /// of head (a template that is not an HTTP response head).
     pub fn new(header: &[u8], next: Vec<u8>) -> Option<Box<KeepAlive>> {
         let body = http::head_end(header)?;
-        let blank = body - if header[..body].ends_with(b"\r\n") { 2 } else { 1 };
+        let blank = body
+            - if header[..body].ends_with(b"\r\n") {
+                2
+            } else {
+                1
+            };
         // The header template must start with a status line, not an empty one.
         (blank > 0).then(|| {
             Box::new(KeepAlive {

@@ -311,7 +311,8 @@ impl Subscriber {
                 // HeadTimeout counts from the read that brings its first byte.
                 let deadline = ctx.now + Duration::from_secs(ctx.config.limits.head_timeout);
                 let mut head = Head::new(Vec::new(), deadline);
-                let progress = read_head(&mut self.socket, &mut head, ctx.scratch, ctx.config, stats);
+                let progress =
+                    read_head(&mut self.socket, &mut head, ctx.scratch, ctx.config, stats);
                 if !head.buf.is_empty() {
                     stats.total_requests += 1;
                     self.state = State::Head(head);
@@ -372,7 +373,10 @@ impl Subscriber {
                 let step = s.write(socket, &ctx.hub.channels, stats, ctx.now);
                 s.pin(&mut ctx.hub.channels);
                 match (step, &s.keep) {
-                    (Step::Close(reason @ (Reason::ResponseComplete | Reason::MaxMessages)), Some(keep)) => {
+                    (
+                        Step::Close(reason @ (Reason::ResponseComplete | Reason::MaxMessages)),
+                        Some(keep),
+                    ) => {
                         return match keep.close_after {
                             Some(kicked) => Progress::Step(Step::Close(kicked)),
                             None => Progress::Rested(reason),
@@ -478,7 +482,11 @@ impl Subscriber {
             State::Streaming(s) => s,
         };
         let mode = Rc::clone(&s.mode);
-        let mut farewell = if mode.persist { &mode.shutdown[..] } else { b"" };
+        let mut farewell = if mode.persist {
+            &mode.shutdown[..]
+        } else {
+            b""
+        };
         if let Some(keep) = &mut s.keep {
             keep.close_after = Some(reason);
             // A kept-alive reply whose length is announced goes out whole,

@@ -215,8 +215,7 @@ impl Streaming {
             cursor.pos += len;
             bytes += len;
             self.events += channels.get(cursor.channel).map_or(0, |c| {
-                c.stream(cursor.stream)
-                    .events_completed(from, cursor.pos)
+                c.stream(cursor.stream).events_completed(from, cursor.pos)
             });
         }
         for (cursor, start) in self.cursors.iter_mut().zip(starts) {
