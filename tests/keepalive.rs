@@ -10,26 +10,28 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-/// A kept-alive long-poll mode `ka` and the same without `KeepAlive` as
-/// `long`, with templates that are easy to assert on.
-const CONF: &str = "\
-[ka]
-HeaderTemplate HTTP/1.1 ~status~\\r\\nServer: ~server~\\r\\n\\r\\n~channelinfo~
+/// The templates of the test modes, easy to assert on.
+macro_rules! templates {
+    () => {
+        "HeaderTemplate HTTP/1.1 ~status~\\r\\nServer: ~server~\\r\\n\\r\\n~channelinfo~
 ChannelInfoTemplate ~name~=~lastMsgID~\\n
 MessageTemplate ~id~:~channel~:~text~\\n
 SubscriberShutdownMsg BYE\\n
-Persist 1
-MaxMessages 1
-KeepAlive 1
+"
+    };
+}
 
-[long]
-HeaderTemplate HTTP/1.1 ~status~\\r\\nServer: ~server~\\r\\n\\r\\n~channelinfo~
-ChannelInfoTemplate ~name~=~lastMsgID~\\n
-MessageTemplate ~id~:~channel~:~text~\\n
-SubscriberShutdownMsg BYE\\n
-Persist 1
-MaxMessages 1
-";
+/// A kept-alive long-poll mode `ka`, the same without `KeepAlive` as
+/// `long`, and a kept-alive poll (`Persist 0`) as `kapoll`.
+const CONF: &str = concat!(
+    "[ka]\n",
+    templates!(),
+    "Persist 1\nMaxMessages 1\nKeepAlive 1\n\n[long]\n",
+    templates!(),
+    "Persist 1\nMaxMessages 1\n\n[kapoll]\n",
+    templates!(),
+    "Persist 0\nKeepAlive 1\n",
+);
 
 fn start(extra: &[&str]) -> (Server, Controller) {
     let mut args = vec!["-PingInterval", "0"];
@@ -55,6 +57,15 @@ fn framed(body: &str, fields: &str) -> String {
 /// The exact classic reply: head and body, no length (the end is the close).
 fn classic(body: &str) -> String {
     format!("HTTP/1.1 200 OK\r\nServer: meteord\r\n\r\n{body}")
+}
+
+/// A new connection after one cycle: the backlog of `a`, which holds
+/// event 1 (`one`).
+fn one_cycle(s: &Server) -> Conn {
+    let mut c = s.connect_sub();
+    c.send(get("/push/h/ka/a.h", "").as_bytes());
+    c.expect_str(&framed("a=1\n1:a:one\n", ""));
+    c
 }
 
 #[test]
@@ -159,18 +170,14 @@ fn a_client_that_closes_between_cycles_is_cleaned_up() {
     drop(d);
     assert_eq!(ctl.wait_count("a", 0, WAIT), 0);
     assert_eq!(ctl.wait_stat("current_subscribers", WAIT, |n| n == 0), 0);
-    let mut e = s.connect_sub();
-    e.send(get("/push/h/ka/a.h", "").as_bytes());
-    e.expect_str(&framed("a=1\n1:a:one\n", ""));
+    one_cycle(&s);
 }
 
 #[test]
 fn an_idle_kept_alive_connection_is_closed_after_keep_alive_timeout() {
     let (s, mut ctl) = start(&["-KeepAliveTimeout", "1", "-HeadTimeout", "30"]);
     ctl.add("a", "one");
-    let mut c = s.connect_sub();
-    c.send(get("/push/h/ka/a.h", "").as_bytes());
-    c.expect_str(&framed("a=1\n1:a:one\n", ""));
+    let mut c = one_cycle(&s);
     // Closed without a word: the client may be sending at that moment.
     c.expect_eof();
     assert_eq!(ctl.wait_stat("current_subscribers", WAIT, |n| n == 0), 0);
@@ -186,9 +193,7 @@ fn an_idle_kept_alive_connection_is_closed_after_keep_alive_timeout() {
 fn head_timeout_counts_from_the_first_byte_of_the_next_request() {
     let (s, mut ctl) = start(&["-HeadTimeout", "1", "-KeepAliveTimeout", "30"]);
     ctl.add("a", "one");
-    let mut c = s.connect_sub();
-    c.send(get("/push/h/ka/a.h", "").as_bytes());
-    c.expect_str(&framed("a=1\n1:a:one\n", ""));
+    let mut c = one_cycle(&s);
     // Idle for longer than HeadTimeout: still open.
     c.expect_silence(Duration::from_millis(1500));
     // Half a head: 408 once HeadTimeout has passed.
@@ -204,9 +209,7 @@ fn head_timeout_counts_from_the_first_byte_of_the_next_request() {
 fn max_request_head_bytes_holds_for_the_next_request() {
     let (s, mut ctl) = start(&["-MaxRequestHeadBytes", "256"]);
     ctl.add("a", "one");
-    let mut c = s.connect_sub();
-    c.send(get("/push/h/ka/a.h", "").as_bytes());
-    c.expect_str(&framed("a=1\n1:a:one\n", ""));
+    let mut c = one_cycle(&s);
     let pad = format!("X-Pad: {}\r\n", "p".repeat(300));
     c.send(get("/push/h/ka/a.h", &pad).as_bytes());
     let got = c.read_to_end(WAIT);
@@ -228,13 +231,7 @@ fn max_request_head_bytes_holds_for_the_next_request() {
 fn kept_alive_connections_count_against_max_subscribers() {
     let (s, mut ctl) = start(&["-MaxSubscribers", "2"]);
     ctl.add("a", "one");
-    let mut conns = Vec::new();
-    for _ in 0..2 {
-        let mut c = s.connect_sub();
-        c.send(get("/push/h/ka/a.h", "").as_bytes());
-        c.expect_str(&framed("a=1\n1:a:one\n", ""));
-        conns.push(c);
-    }
+    let mut conns: Vec<Conn> = (0..2).map(|_| one_cycle(&s)).collect();
     // Both idle, both counted: a third is refused.
     let mut third = s.connect_sub();
     let got = third.read_to_end(WAIT);
@@ -245,9 +242,7 @@ fn kept_alive_connections_count_against_max_subscribers() {
     // One leaves: there is room again.
     conns.pop();
     assert_eq!(ctl.wait_stat("current_subscribers", WAIT, |n| n == 1), 1);
-    let mut c = s.connect_sub();
-    c.send(get("/push/h/ka/a.h", "").as_bytes());
-    c.expect_str(&framed("a=1\n1:a:one\n", ""));
+    one_cycle(&s);
 }
 
 #[test]
@@ -255,9 +250,7 @@ fn a_hostid_is_replaced_between_requests() {
     let (s, mut ctl) = start(&[]);
     ctl.add("a", "one");
     // A: one cycle done, idle (it holds no hostid between requests).
-    let mut a = s.connect_sub();
-    a.send(get("/push/h/ka/a.h", "").as_bytes());
-    a.expect_str(&framed("a=1\n1:a:one\n", ""));
+    let mut a = one_cycle(&s);
     // B waits under hostid h.
     let mut b = s.connect_sub();
     b.send(get("/push/h/ka/a.r2", "").as_bytes());
@@ -310,4 +303,20 @@ fn max_time_ends_a_kept_alive_poll_with_an_empty_reply() {
     assert_eq!(ctl.wait_count("a", 1, WAIT), 1);
     ctl.add("a", "one");
     c.expect_str(&framed("a=0\n1:a:one\n", ""));
+}
+
+#[test]
+fn a_persist_0_poll_is_kept_alive_too() {
+    let (s, mut ctl) = start(&[]);
+    let mut c = s.connect_sub();
+    c.send(get("/push/h/kapoll/a.h", "").as_bytes());
+    c.expect_str(&framed("a=0\n", ""));
+    ctl.add("a", "one");
+    ctl.add("a", "two");
+    c.send(get("/push/h/kapoll/a.h", "").as_bytes());
+    c.expect_str(&framed("a=2\n1:a:one\n2:a:two\n", ""));
+    // A client that half-closes between requests is closed.
+    c.shutdown_write();
+    c.expect_eof();
+    assert_eq!(ctl.wait_stat("current_subscribers", WAIT, |n| n == 0), 0);
 }

@@ -365,8 +365,13 @@ impl Subscriber {
                 });
                 match input {
                     // A poll whose client half-closed after its request still
-                    // gets its reply; a stream ends with its client.
-                    Some(Some(Reason::RemoteClosed)) if !s.mode.persist => {}
+                    // gets its reply (the last on its connection); a stream
+                    // ends with its client.
+                    Some(Some(Reason::RemoteClosed)) if !s.mode.persist => {
+                        if let Some(keep) = &mut s.keep {
+                            keep.close_after.get_or_insert(Reason::ResponseComplete);
+                        }
+                    }
                     Some(Some(reason)) => return Progress::Step(Step::Close(reason)),
                     _ => {}
                 }
