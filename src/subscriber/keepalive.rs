@@ -2,6 +2,7 @@
 //! length is announced once its body is known, and what the client sends
 //! meanwhile (its next, pipelined request) is kept for when the reply is out.
 
+use crate::config::Mode;
 use crate::conn::Reason;
 use crate::http::{self, RequestHead};
 use crate::io::{Io, READS_PER_TURN, read_some};
@@ -28,7 +29,7 @@ pub struct KeepAlive {
 /// Whether a request's reply keeps its connection: the mode says so, its
 /// replies end by themselves, the client is HTTP/1.1 and did not ask to
 /// close, and nothing it sent was dropped.
-pub fn wanted(request: &RequestHead, mode: &crate::config::Mode, timeout: u64) -> bool {
+pub fn wanted(request: &RequestHead, mode: &Mode, timeout: u64) -> bool {
     mode.keep_alive && timeout > 0 && request.keep_alive && (!mode.persist || mode.max_messages > 0)
 }
 
@@ -57,9 +58,9 @@ impl KeepAlive {
     }
 
     /// Announces the length of the reply: `out` is the unsent rendered
-    /// header, `events` the bytes of events to follow it, `extra` bytes
-    /// appended after them (a shutdown message). `Connection: close` is
-    /// added when the connection closes after it.
+    /// header, `extra` bytes appended to it (a shutdown message, in a reply
+    /// without events), `events` the bytes of events to follow.
+    /// `Connection: close` is added when the connection closes after it.
     pub fn frame(&mut self, out: &mut Vec<u8>, events: u64, extra: &[u8]) {
         let length = (out.len() - self.body) as u64 + events + extra.len() as u64;
         let mut fields = format!("Content-Length: {length}\r\n");

@@ -197,9 +197,9 @@ impl Streaming {
     }
 
     /// Fixes what a kept-alive reply sends (with `events`, the events there
-    /// are now, up to its limit; else none), announces its length with
-    /// `extra` (a shutdown message) after the head's channel info, and ends
-    /// it there.
+    /// are now, up to its limit; else none, and `extra`, a shutdown message,
+    /// after the head's channel info), announces its length and ends it
+    /// there.
     pub fn frame(&mut self, channels: &Channels, events: bool, extra: &[u8]) {
         let starts: Vec<u64> = self.cursors.iter().map(|c| c.pos).collect();
         let before = self.events;
