@@ -871,6 +871,10 @@ impl Subscriber {
             None => out = header(&mode.header, "200 OK", &info, &cors),
         }
         let keep = keep.and_then(|next| KeepAlive::new(&out, next));
+        if keep.is_some() {
+            // The header waits with the poll until its length is known.
+            out.shrink_to_fit();
+        }
         let mut cursors = Vec::with_capacity(defs.len());
         for def in &defs {
             let start = match def.backlog {
