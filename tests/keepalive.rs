@@ -150,6 +150,22 @@ fn pipelined_requests_are_answered_in_order() {
     c.expect_silence(Duration::from_millis(100));
     c.send(b"TP/1.1\r\n\r\n");
     c.expect_str(&framed("a=3\n3:a:three\n", ""));
+    // Many in one write (one a turn): every one answered, in order.
+    let many: String = (1..=3)
+        .cycle()
+        .take(60)
+        .map(|id| get(&format!("/push/h/ka/a.r{id}"), ""))
+        .collect();
+    c.send(many.as_bytes());
+    let backlog = [
+        "1:a:one\n2:a:two\n3:a:three\n",
+        "2:a:two\n3:a:three\n",
+        "3:a:three\n",
+    ];
+    for i in 0..60 {
+        c.expect_str(&framed(&format!("a=3\n{}", backlog[i % 3]), ""));
+    }
+    c.expect_silence(Duration::from_millis(100));
 }
 
 #[test]

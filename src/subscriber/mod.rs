@@ -280,6 +280,11 @@ impl Subscriber {
                 Progress::Refuse(error) => self.fail(ctx, error),
                 Progress::Rested(reason) => {
                     self.rest(ctx, reason);
+                    // A pipelined request waits for the next turn, so that
+                    // one client's requests do not hold up everyone else.
+                    if matches!(self.state, State::Head(_)) {
+                        return Step::Yield;
+                    }
                     // Its reads so far took what had arrived.
                     readable = false;
                 }
