@@ -91,6 +91,13 @@ fn several_cycles_on_one_connection() {
     ctl.add("b", "four");
     c.expect_str(&framed("a=2\nb=3\n4:b:four\n", ""));
     c.expect_silence(Duration::from_millis(100));
+    // Events published together while it waits come in one reply, whole,
+    // as a backlog does (MaxMessages only says that replies end).
+    c.send(get("/push/h1/ka/a.r5/b.r5", "").as_bytes());
+    assert_eq!(ctl.wait_count("a", 1, WAIT), 1);
+    let texts = ["five".to_owned(), "six".to_owned()];
+    assert_eq!(ctl.add_many("a", &texts), vec![5, 6]);
+    c.expect_str(&framed("a=2\nb=4\n5:a:five\n6:a:six\n", ""));
     let stats = ctl.stats();
     let stat = |k: &str| stats.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
     assert_eq!(stat("subscriber_connections_accepted"), Some(1));

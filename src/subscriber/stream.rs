@@ -49,7 +49,8 @@ pub struct Streaming {
     /// Whether its cursors are pinned in their channels (see `Channels::pin`).
     pub pinned: bool,
     /// Close after this many events (0: never): `MaxMessages`, raised to
-    /// the backlog's size since a backlog is always sent whole.
+    /// the backlog's size since a backlog is always sent whole; 0 once a
+    /// kept-alive reply is framed (its cursors' ends bound it).
     pub limit: u64,
     pub events: u64,
     pub bytes: u64,
@@ -196,33 +197,25 @@ impl Streaming {
         })
     }
 
-    /// Fixes what a kept-alive reply sends (with `events`, the events there
-    /// are now, up to its limit; else none, and `extra`, a shutdown message,
-    /// after the head's channel info), announces its length and ends it
-    /// there.
+    /// Fixes what a kept-alive reply sends, announces its length and ends
+    /// it there: with `events`, every event its channels hold now (the
+    /// backlog, or what came while it waited: whole, like a backlog, however
+    /// many); else none, and `extra` (a shutdown message) after the head's
+    /// channel info.
     pub fn frame(&mut self, channels: &Channels, events: bool, extra: &[u8]) {
-        let starts: Vec<u64> = self.cursors.iter().map(|c| c.pos).collect();
-        let before = self.events;
         let mut bytes = 0;
-        // Each chunk moves a cursor on by at least one byte of what its
-        // channel holds: the loop ends within the channels' buffers.
-        while events && (self.limit == 0 || self.events < self.limit) {
-            let Some(chunk) = self.next_chunk(channels) else {
-                break;
+        for cursor in &mut self.cursors {
+            let head = channels
+                .get(cursor.channel)
+                .map_or(cursor.pos, |c| c.stream(cursor.stream).head());
+            cursor.end = match events {
+                true => cursor.end.min(head).max(cursor.pos),
+                false => cursor.pos,
             };
-            let (from, len) = (chunk.from, chunk.bytes.len() as u64);
-            let cursor = &mut self.cursors[chunk.cursor];
-            cursor.pos += len;
-            bytes += len;
-            self.events += channels.get(cursor.channel).map_or(0, |c| {
-                c.stream(cursor.stream).events_completed(from, cursor.pos)
-            });
+            bytes += cursor.end - cursor.pos;
         }
-        for (cursor, start) in self.cursors.iter_mut().zip(starts) {
-            cursor.end = cursor.pos;
-            cursor.pos = start;
-        }
-        self.events = before;
+        // The reply ends where its events do, whatever `MaxMessages` says.
+        self.limit = 0;
         if let Some(keep) = &mut self.keep {
             keep.frame(&mut self.out, bytes, extra);
         }
