@@ -9,7 +9,9 @@
  * event; it does not count against the browser's six HTTP/1.1 connections
  * per host), falling back to EventSource when the upgrade fails (a proxy
  * that drops Upgrade), else fetch() reading a stream of JSON lines, else
- * long-polling with the same JSON lines.
+ * long-polling with the same JSON lines over fetch(), which lets the browser
+ * send every request on the same kept-alive connection (the server's
+ * jsonlongpoll replies carry Content-Length).
  *
  * Exactly once, in order: the client keeps one connection at a time, remembers
  * the last id delivered per channel and resumes each channel with
@@ -298,6 +300,7 @@
     if (!wanted) return;
     if (channels.size === 0) return setStatus(0); // until a channel is joined
     const mode = Meteor.mode;
+    const askedAt = Date.now();
     let openedAt = 0, delivered = 0, done = false, close = null;
 
     const finish = (reason) => {
@@ -312,7 +315,10 @@
         fire('eof'); // may call disconnect() to stay away
       }
       if (!wanted) return;
-      const lived = openedAt ? Date.now() - openedAt : 0;
+      // A kept-alive long-poll reply comes whole, head included, when it has
+      // an event or its MaxTime ends: it lived from the request.
+      const since = mode === 'jsonlongpoll' ? askedAt : openedAt;
+      const lived = openedAt ? Date.now() - since : 0;
       if (openedAt && (delivered > 0 || lived >= HEALTHY)) failures = 0;
       if (reason === 'resync') return schedule(0);
       if (reason === 'done' && mode === 'jsonlongpoll' && (delivered > 0 || lived >= QUICK_REPLY)) {

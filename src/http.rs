@@ -50,6 +50,9 @@ pub struct RequestHead {
     pub cookies: Vec<String>,
     /// `X-Forwarded-For` and `Forwarded`, believed from trusted proxies only.
     pub forwarding: Forwarding,
+    /// HTTP/1.1 without `Connection: close`: the client may send its next
+    /// request on this connection (RFC 9112 9.3).
+    pub keep_alive: bool,
 }
 
 /// The headers of a WebSocket opening handshake (RFC 6455 4.1), every
@@ -240,7 +243,12 @@ pub fn parse_head(head: &[u8], max_headers: usize) -> Result<RequestHead, HttpEr
         key: all("Sec-WebSocket-Key"),
         version: all("Sec-WebSocket-Version"),
     };
+    let close = head
+        .values("Connection")
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("close"));
     Ok(RequestHead {
+        keep_alive: head.version >= 1 && !close,
         upgrade,
         user_agent: head.header("User-Agent").unwrap_or("-").to_owned(),
         origin: head.header("Origin").map(str::to_owned),
@@ -297,6 +305,20 @@ mod tests {
             Err(HttpError::TooManyHeaders)
         );
         assert_eq!(parse_head(b"\x01\r\n\r\n", 8), Err(HttpError::BadRequest));
+        let keep = |head: &[u8]| parse_head(head, 8).map(|h| h.keep_alive);
+        assert_eq!(keep(b"GET / HTTP/1.1\r\n\r\n"), Ok(true));
+        assert_eq!(
+            keep(b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"),
+            Ok(true)
+        );
+        assert_eq!(
+            keep(b"GET / HTTP/1.1\r\nConnection: x, Close\r\n\r\n"),
+            Ok(false)
+        );
+        assert_eq!(
+            keep(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"),
+            Ok(false)
+        );
     }
 
     #[test]

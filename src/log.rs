@@ -29,6 +29,9 @@ thread_local! {
     static FORMAT: Cell<TimeFormat> = const { Cell::new(TimeFormat::Human) };
     static SINK: RefCell<Sink> = const { RefCell::new(Sink::Stderr) };
     static PENDING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The last human time stamp and its second: a busy second's lines
+    /// (a long-poll cycle logs two records) format it once.
+    static STAMP: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
 }
 
 /// Applies the logging settings of a (re)loaded configuration.
@@ -114,14 +117,19 @@ pub fn line(severity: u8, args: std::fmt::Arguments) {
             let _ = socket.send(message.as_bytes());
         }
         Sink::Stderr => {
-            let stamp = match FORMAT.with(Cell::get) {
-                TimeFormat::Unix => now.to_string(),
-                TimeFormat::Human => human_time(now),
-            };
             PENDING.with(|pending| {
                 let mut pending = pending.borrow_mut();
                 // Writing into a Vec cannot fail.
-                let _ = writeln!(pending, "{stamp} {args}");
+                let _ = match FORMAT.with(Cell::get) {
+                    TimeFormat::Unix => writeln!(pending, "{now} {args}"),
+                    TimeFormat::Human => STAMP.with(|stamp| {
+                        let mut stamp = stamp.borrow_mut();
+                        if stamp.0 != now || stamp.1.is_empty() {
+                            *stamp = (now, human_time(now));
+                        }
+                        writeln!(pending, "{} {args}", stamp.1)
+                    }),
+                };
                 if pending.len() >= FLUSH_AT {
                     write_stderr(&mut pending);
                 }

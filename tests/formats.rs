@@ -55,6 +55,10 @@ fn json_event(id: u64, channel: &str, text: &str) -> String {
     format!("{{\"id\":{id},\"channel\":\"{channel}\",\"text\":\"{text}\"}}\n")
 }
 
+/// Asks for the reply to end with the connection, as every reply did
+/// before `KeepAlive`.
+const CLOSE: &str = "Connection: close\r\n";
+
 /// A GET on the subscriber port with extra header lines.
 fn get_with(s: &Server, path: &str, headers: &str) -> Conn {
     s.request(
@@ -176,7 +180,8 @@ fn jsonlongpoll_backlog_or_one_event_then_close() {
     let s = bundled(&[]);
     let mut ctl = s.ctl();
     // Nothing cached after the id asked for: the reply waits for one event.
-    let mut c = s.http_get("/push/h1/jsonlongpoll/a.r1/b.r1");
+    // (Kept-alive replies, without Connection: close, are in keepalive.rs.)
+    let mut c = get_with(&s, "/push/h1/jsonlongpoll/a.r1/b.r1", CLOSE);
     c.expect_str(&jsonlongpoll_head(""));
     c.expect_str(&format!("{}{}", json_info("a", 0), json_info("b", 0)));
     c.expect_silence(Duration::from_millis(200));
@@ -188,7 +193,7 @@ fn jsonlongpoll_backlog_or_one_event_then_close() {
     // both channels, merged in id order, then close (MaxMessages 1 is
     // reached by the backlog).
     ctl.add("b", "third");
-    let mut c = s.http_get("/push/h1/jsonlongpoll/a.r2/b.r2");
+    let mut c = get_with(&s, "/push/h1/jsonlongpoll/a.r2/b.r2", CLOSE);
     c.expect_str(&format!(
         "{}{}{}{}{}",
         jsonlongpoll_head(""),
@@ -226,7 +231,8 @@ fn cors_lines_only_for_allowed_origins() {
         c.expect_str(&format!("{}{}", sse_head(cors), sse_info("a", 0)));
         let mut c = get_with(&s, &format!("/push/f{i}/fetchstream/a"), &origin_line);
         c.expect_str(&format!("{}{}", fetchstream_head(cors), json_info("a", 0)));
-        let mut c = get_with(&s, &format!("/push/j{i}/jsonlongpoll/a.h"), &origin_line);
+        let close = format!("{origin_line}{CLOSE}");
+        let mut c = get_with(&s, &format!("/push/j{i}/jsonlongpoll/a.h"), &close);
         c.expect_str(&format!("{}{}", jsonlongpoll_head(cors), json_info("a", 0)));
     }
     // No Origin at all: no lines.
@@ -274,7 +280,7 @@ fn cors_with_allowed_origins_star() {
         json_info("a", 0)
     ));
     // ...and without an Origin the wildcard is sent, without Vary.
-    let mut c = get_with(&s, "/push/h3/jsonlongpoll/a.h", "");
+    let mut c = get_with(&s, "/push/h3/jsonlongpoll/a.h", CLOSE);
     c.expect_str(&format!(
         "{}{}",
         jsonlongpoll_head("Access-Control-Allow-Origin: *\r\n"),
@@ -357,7 +363,11 @@ fn last_event_id_in_other_modes_and_at_the_edges() {
     ));
     d.expect_silence(Duration::from_millis(200));
     // 0: everything cached, in id order.
-    let mut e = get_with(&s, "/push/h3/jsonlongpoll/b/c", "Last-Event-ID: 0\r\n");
+    let mut e = get_with(
+        &s,
+        "/push/h3/jsonlongpoll/b/c",
+        &format!("Last-Event-ID: 0\r\n{CLOSE}"),
+    );
     e.expect_str(&format!(
         "{}{}{}{}{}{}{}",
         jsonlongpoll_head(""),

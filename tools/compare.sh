@@ -83,6 +83,14 @@ MessageTemplate ~id~ ~text~\n
 Persist 1
 MaxMessages 1
 
+# Long-poll on kept-alive connections (meteor-bench --longpoll --keep-alive).
+[benchka]
+HeaderTemplate HTTP/1.1 ~status~\r\nServer: ~server~\r\nContent-Type: text/plain\r\nCache-Control: no-cache\r\n\r\n
+MessageTemplate ~id~ ~text~\n
+Persist 1
+MaxMessages 1
+KeepAlive 1
+
 # WebSocket subscribers (meteor-bench --websocket): the same line per event, one text frame each.
 [benchws]
 WebSocketOnly 1
@@ -91,8 +99,9 @@ MessageTemplate ~id~ ~text~\n
 Persist 1
 CONF
 
-# The BASELINE build may predate the WebSocket keys: it gets the rest.
-sed '/^# WebSocket subscribers/,$d' "$TMP/meteord.conf" >"$TMP/baseline.conf"
+# The BASELINE build may predate the WebSocket keys and KeepAlive: it gets the rest (its
+# benchka mode then closes after each reply, as benchlp does).
+sed -e '/^# WebSocket subscribers/,$d' -e '/^KeepAlive /d' "$TMP/meteord.conf" >"$TMP/baseline.conf"
 
 # Starts meteord on ephemeral ports; sets SERVER_PID, SUB_PORT, CTL_PORT.
 start_meteord() {
@@ -186,6 +195,8 @@ SCENARIOS=(
     "rate-1k-100/s-10s|-n $((1000 / SCALE)) -m 1000 -r 100 --size 64"
     "fanout-19k-x10|-n $((19000 / SCALE)) -m 10 --size 64"
     "longpoll-1k-200/s-20s|--longpoll -n $((1000 / SCALE)) -m 4000 -r 200 --size 64"
+    # The same on kept-alive connections (nchan keeps HTTP/1.1 long-polls alive in both).
+    "longpoll-ka-1k-200/s-20s|--longpoll --keep-alive -n $((1000 / SCALE)) -m 4000 -r 200 --size 64"
     # WebSocket beside streaming (meteord only: nchan's websocket subscriber is not set up here).
     "ws-idle-10k|--websocket -n $((10000 / SCALE)) -m 0"
     "ws-burst-10k-x200|--websocket -n $((10000 / SCALE)) -m 200 --size 64"

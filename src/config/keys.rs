@@ -282,6 +282,20 @@ keys! {
         kind: seconds(1),
         help: "Seconds a client may take to send a complete request head (then 408)",
     };
+    KEEP_ALIVE = Key {
+        name: "KeepAlive",
+        default: "0",
+        scope: Scope::Mode,
+        kind: Kind::Flag,
+        help: "1: a reply that ends by itself (Persist 0, or MaxMessages) to an HTTP/1.1 request without Connection: close carries Content-Length and the connection waits for the next request; such replies get no pings",
+    };
+    KEEP_ALIVE_TIMEOUT = Key {
+        name: "KeepAliveTimeout",
+        default: "60",
+        scope: Scope::Global,
+        kind: seconds(0),
+        help: "Seconds a kept-alive subscriber connection may wait with no request outstanding before it is closed (0: never keep a connection alive); HeadTimeout counts from the first byte of its next request",
+    };
     LISTEN_BACKLOG = Key {
         name: "ListenBacklog",
         default: "4096",

@@ -126,6 +126,9 @@ pub struct Mode {
     pub ws_channel_info: Template,
     /// `WebSocketOnly`: requests that are not WebSocket handshakes get 400.
     pub websocket_only: bool,
+    /// `KeepAlive`: replies that end by themselves carry their length and
+    /// leave the connection open for the next request (HTTP/1.1).
+    pub keep_alive: bool,
 }
 
 /// Bounds on what clients may send or hold (wire contract B2), each within
@@ -151,6 +154,9 @@ pub struct Limits {
     pub channels_per_request: usize,
     /// `WriteTimeout` in seconds (1 to `keys::MAX_SECONDS`).
     pub write_timeout: u64,
+    /// `KeepAliveTimeout` in seconds (at most `keys::MAX_SECONDS`); 0 turns
+    /// keep-alive off.
+    pub keep_alive_timeout: u64,
     /// `UDPMaxBytes` (16 to 65535).
     pub udp_bytes: usize,
     /// `ListenBacklog` (at least 1).
@@ -358,6 +364,7 @@ impl Reader<'_> {
             ws_message: Rc::new(message.clone().framed(Framing::WebSocket)),
             ws_channel_info: channel_info.clone().framed(Framing::WebSocket),
             websocket_only: self.flag(&WEBSOCKET_ONLY, mode)?,
+            keep_alive: self.flag(&KEEP_ALIVE, mode)?,
             message: Rc::new(message),
             channel_info,
             ping: self.text(&PING_MESSAGE, mode),
@@ -602,6 +609,7 @@ impl Config {
                 channel_name_length: r.size(&MAX_CHANNEL_NAME_LENGTH)?,
                 channels_per_request: r.size(&MAX_CHANNELS_PER_REQUEST)?,
                 write_timeout: r.number(&WRITE_TIMEOUT, None)?,
+                keep_alive_timeout: r.number(&KEEP_ALIVE_TIMEOUT, None)?,
                 udp_bytes: r.size(&UDP_MAX_BYTES)?,
                 listen_backlog: r.backlog(&LISTEN_BACKLOG)?,
             },

@@ -1,9 +1,10 @@
 //! Browser connections on the subscriber port, as a state machine: reading
 //! the request head, waiting for the hub to have the channels asked for,
-//! streaming events from channel buffers through cursors, or sending one
-//! fixed reply before closing.
+//! streaming events from channel buffers through cursors, sending one
+//! fixed reply before closing, or (kept alive) waiting for the next request.
 
 pub mod documents;
+pub mod keepalive;
 pub mod private;
 pub mod route;
 pub mod stream;
@@ -22,6 +23,7 @@ use crate::template::{Placeholder, Template, Value};
 use crate::wsproto::{self, close};
 use crate::{debug, info};
 use documents::{Document, Documents, FileBody, FileWrite};
+use keepalive::KeepAlive;
 use mio::net::TcpStream;
 use route::{ChannelDef, Route, RouteLimits};
 use std::net::SocketAddr;
@@ -52,11 +54,34 @@ enum State {
     Streaming(Streaming),
     /// Sending one fixed response, then closing.
     Reply(Reply),
+    /// Kept alive after a reply, with no request outstanding: holds no
+    /// buffer, only its `KeepAliveTimeout`.
+    Idle(Idle),
 }
 
 /// A request head being received.
 struct Head {
+    /// The head, and whatever arrived after it in the same reads.
     buf: Vec<u8>,
+    deadline: Instant,
+    /// Bytes after the head were dropped (over `MaxRequestHeadBytes`) or
+    /// may be left unread: the connection is not kept alive after this
+    /// request.
+    dropped: bool,
+}
+
+impl Head {
+    fn new(buf: Vec<u8>, deadline: Instant) -> Head {
+        Head {
+            buf,
+            deadline,
+            dropped: false,
+        }
+    }
+}
+
+/// A kept-alive connection between requests.
+struct Idle {
     deadline: Instant,
 }
 
@@ -85,6 +110,9 @@ struct StreamRequest {
     accept: Option<String>,
     /// What its token allowed (private channels, bound hostid).
     access: private::Access,
+    /// When the connection stays open after the reply: the bytes that
+    /// came after the request (the start of the next one).
+    keep: Option<Vec<u8>>,
 }
 
 /// A push request waiting for its channels.
@@ -120,6 +148,9 @@ enum Progress {
     /// A WebSocket stream ends: with a close frame of this payload, or
     /// without one (None).
     WsEnd(Reason, Option<Vec<u8>>),
+    /// A kept-alive reply is out (it ended for this reason): wait for the
+    /// next request.
+    Rested(Reason),
 }
 
 /// The close code a WebSocket subscriber gets when its stream ends for
@@ -198,10 +229,10 @@ impl Subscriber {
         Subscriber {
             socket,
             peer: Peer::new(peer),
-            state: State::Head(Head {
-                buf: Vec::new(),
-                deadline: now + Duration::from_secs(head_timeout),
-            }),
+            state: State::Head(Head::new(
+                Vec::new(),
+                now + Duration::from_secs(head_timeout),
+            )),
         }
     }
 
@@ -209,6 +240,7 @@ impl Subscriber {
     pub fn deadline(&self, write_timeout: u64) -> Option<Instant> {
         match &self.state {
             State::Head(h) => Some(h.deadline),
+            State::Idle(i) => Some(i.deadline),
             State::Loading(_) => None,
             State::Reply(r) => Some(r.deadline),
             State::Streaming(s) => {
@@ -248,6 +280,16 @@ impl Subscriber {
                     readable = false;
                 }
                 Progress::Refuse(error) => self.fail(ctx, error),
+                Progress::Rested(reason) => {
+                    self.rest(ctx, reason);
+                    // A pipelined request waits for the next turn, so that
+                    // one client's requests do not hold up everyone else.
+                    if matches!(self.state, State::Head(_)) {
+                        return Step::Yield;
+                    }
+                    // Its reads so far took what had arrived.
+                    readable = false;
+                }
             }
         }
     }
@@ -271,10 +313,31 @@ impl Subscriber {
             State::Head(head) => {
                 return read_head(&mut self.socket, head, ctx.scratch, ctx.config, stats);
             }
-            State::Loading(_) => match discard_input(&mut self.socket, ctx.scratch, stats) {
-                Some(reason) if readable => Step::Close(reason),
-                _ => Step::Wait,
-            },
+            State::Idle(_) if !readable => Step::Wait,
+            State::Idle(_) => {
+                // HeadTimeout counts from the read that brings its first byte.
+                let deadline = ctx.now + Duration::from_secs(ctx.config.limits.head_timeout);
+                let mut head = Head::new(Vec::new(), deadline);
+                let progress =
+                    read_head(&mut self.socket, &mut head, ctx.scratch, ctx.config, stats);
+                if !head.buf.is_empty() {
+                    stats.total_requests += 1;
+                    self.state = State::Head(head);
+                }
+                return progress;
+            }
+            State::Loading(loading) => {
+                let before = stats.total_inbound_bytes;
+                let end = discard_input(&mut self.socket, ctx.scratch, stats);
+                // What arrived is gone: this reply closes its connection.
+                if stats.total_inbound_bytes > before {
+                    loading.request.keep = None;
+                }
+                match end {
+                    Some(reason) if readable => Step::Close(reason),
+                    _ => Step::Wait,
+                }
+            }
             State::Reply(reply) => write_reply(
                 &mut self.socket,
                 reply,
@@ -301,16 +364,38 @@ impl Subscriber {
                 step
             }
             State::Streaming(s) => {
-                match readable.then(|| discard_input(&mut self.socket, ctx.scratch, stats)) {
+                let socket = &mut self.socket;
+                let limit = ctx.config.limits.head_bytes;
+                let input = readable.then(|| match &mut s.keep {
+                    Some(keep) => keep.read_ahead(socket, ctx.scratch, limit, stats),
+                    None => discard_input(socket, ctx.scratch, stats),
+                });
+                match input {
                     // A poll whose client half-closed after its request still
-                    // gets its reply; a stream ends with its client.
-                    Some(Some(Reason::RemoteClosed)) if !s.mode.persist => {}
+                    // gets its reply (the last on its connection); a stream
+                    // ends with its client.
+                    Some(Some(Reason::RemoteClosed)) if !s.mode.persist => {
+                        if let Some(keep) = &mut s.keep {
+                            keep.close_after.get_or_insert(Reason::ResponseComplete);
+                        }
+                    }
                     Some(Some(reason)) => return Progress::Step(Step::Close(reason)),
                     _ => {}
                 }
-                let step = s.write(&mut self.socket, &ctx.hub.channels, stats, ctx.now);
+                let step = s.write(socket, &ctx.hub.channels, stats, ctx.now);
                 s.pin(&mut ctx.hub.channels);
-                step
+                match (step, &s.keep) {
+                    (
+                        Step::Close(reason @ (Reason::ResponseComplete | Reason::MaxMessages)),
+                        Some(keep),
+                    ) => {
+                        return match keep.close_after {
+                            Some(kicked) => Progress::Step(Step::Close(kicked)),
+                            None => Progress::Rested(reason),
+                        };
+                    }
+                    (step, _) => step,
+                }
             }
         };
         Progress::Step(step)
@@ -345,13 +430,22 @@ impl Subscriber {
             State::Head(h) if h.deadline <= now => {
                 self.fail(ctx, HttpError::Timeout);
             }
+            State::Idle(i) if i.deadline <= now => return Step::Close(Reason::IdleTimeout),
             State::Reply(r) if r.deadline <= now => return Step::Close(Reason::WriteTimeout),
             State::Streaming(s) => {
                 if s.ends_at.is_some_and(|t| t <= now) {
                     if s.ends_by_token {
                         return self.kick(ctx, Reason::TokenExpired);
                     }
-                    return self.end_stream(ctx, Reason::MaxTime);
+                    if s.keep.is_none() {
+                        return self.end_stream(ctx, Reason::MaxTime);
+                    }
+                    // A kept-alive poll answers with what it has (a reply
+                    // being written finishes) and waits for the next request.
+                    s.ends_at = None;
+                    if s.unframed() {
+                        s.frame(&ctx.hub.channels, true, b"");
+                    }
                 }
                 let stall = Duration::from_secs(ctx.config.limits.write_timeout);
                 if s.blocked_since.is_some_and(|t| t + stall <= now) {
@@ -393,12 +487,29 @@ impl Subscriber {
         if self.is_websocket() {
             return self.end_stream(ctx, reason);
         }
-        let s = match &self.state {
-            State::Head(_) | State::Loading(_) => return Step::Close(reason),
+        let s = match &mut self.state {
+            State::Head(_) | State::Loading(_) | State::Idle(_) => return Step::Close(reason),
             // Already sending its last bytes: let them go.
             State::Reply(_) => return self.ready(ctx, false, false),
             State::Streaming(s) => s,
         };
+        let mode = Rc::clone(&s.mode);
+        let mut farewell = if mode.persist {
+            &mode.shutdown[..]
+        } else {
+            b""
+        };
+        if let Some(keep) = &mut s.keep {
+            keep.close_after = Some(reason);
+            // A kept-alive reply whose length is announced goes out whole,
+            // then the connection closes; one not yet framed is the
+            // goodbye alone.
+            if keep.framed {
+                return self.ready(ctx, false, false);
+            }
+            s.frame(&ctx.hub.channels, false, farewell);
+            farewell = b"";
+        }
         // Unsent header or ping, the rest of a half-written event, goodbye.
         let channels = &mut ctx.hub.channels;
         let mut bytes = s.out[s.out_pos..].to_vec();
@@ -407,9 +518,7 @@ impl Subscriber {
                 bytes.extend_from_slice(channel.stream(cursor.stream).event_remainder(cursor.pos));
             }
         }
-        if s.mode.persist {
-            bytes.extend_from_slice(&s.mode.shutdown);
-        }
+        bytes.extend_from_slice(farewell);
         s.leave(self.peer.ip(), channels, ctx.hosts, ctx.id, reason);
         if bytes.is_empty() {
             return Step::Close(reason);
@@ -474,10 +583,7 @@ impl Subscriber {
         );
         let Some(bytes) = bytes else {
             // Left its channels: the close hook must not leave them again.
-            self.state = State::Head(Head {
-                buf: Vec::new(),
-                deadline: ctx.now,
-            });
+            self.state = State::Idle(Idle { deadline: ctx.now });
             return Some(Step::Close(reason));
         };
         self.reply(bytes.into(), reason, ctx);
@@ -500,7 +606,7 @@ impl Subscriber {
                     ctx.hub.channels.release(&def.name);
                 }
             }
-            State::Head(_) | State::Reply(_) => {}
+            State::Head(_) | State::Reply(_) | State::Idle(_) => {}
         }
         ctx.stats.current_subscribers -= 1;
         if matches!(reason, Reason::SlowConsumer | Reason::WriteTimeout) {
@@ -517,12 +623,43 @@ impl Subscriber {
         }
     }
 
+    /// A kept-alive reply is out: leaves its channels and waits for the
+    /// next request, which may have arrived already.
+    fn rest(&mut self, ctx: &mut Context, reason: Reason) {
+        let State::Streaming(s) = &mut self.state else {
+            return;
+        };
+        s.leave(
+            self.peer.ip(),
+            &mut ctx.hub.channels,
+            ctx.hosts,
+            ctx.id,
+            reason,
+        );
+        let next = s.keep.take().map(|k| k.next).unwrap_or_default();
+        let limits = &ctx.config.limits;
+        self.state = if next.is_empty() {
+            State::Idle(Idle {
+                deadline: ctx.now + Duration::from_secs(limits.keep_alive_timeout),
+            })
+        } else {
+            ctx.stats.total_requests += 1;
+            State::Head(Head::new(
+                next,
+                ctx.now + Duration::from_secs(limits.head_timeout),
+            ))
+        };
+    }
+
     /// Answers a complete request head: starts streaming, or a reply.
     fn start(&mut self, ctx: &mut Context) {
         let State::Head(head) = &mut self.state else {
             return;
         };
-        let buf = std::mem::take(&mut head.buf);
+        let mut buf = std::mem::take(&mut head.buf);
+        let dropped = head.dropped;
+        let end = http::head_end(&buf).unwrap_or(buf.len());
+        let after = buf.split_off(end);
         let request = match http::parse_head(&buf, ctx.config.limits.header_lines) {
             Ok(request) => request,
             Err(error) => return self.fail(ctx, error),
@@ -607,6 +744,14 @@ impl Subscriber {
                         def.backlog = Backlog::FromId(last.saturating_add(1));
                     }
                 }
+                let keep = (accept_key.is_none()
+                    && !dropped
+                    && keepalive::wanted(
+                        &request,
+                        &mode_settings,
+                        ctx.config.limits.keep_alive_timeout,
+                    ))
+                .then_some(after);
                 let request = StreamRequest {
                     hostid,
                     mode_name: mode,
@@ -616,6 +761,7 @@ impl Subscriber {
                     defs: channels,
                     accept: accept_key,
                     access,
+                    keep,
                 };
                 self.stream_when_ready(request, ctx);
             }
@@ -691,10 +837,7 @@ impl Subscriber {
         if loading.outstanding > 0 {
             return Step::Wait;
         }
-        let placeholder = State::Head(Head {
-            buf: Vec::new(),
-            deadline: ctx.now,
-        });
+        let placeholder = State::Idle(Idle { deadline: ctx.now });
         if let State::Loading(loading) = std::mem::replace(&mut self.state, placeholder) {
             self.stream(loading.request, ctx);
         }
@@ -711,6 +854,7 @@ impl Subscriber {
             defs,
             accept,
             access,
+            keep,
         } = request;
         let host = stream::Host {
             conn: ctx.id,
@@ -751,6 +895,11 @@ impl Subscriber {
             Some(_) => out.extend_from_slice(&info),
             None => out = header(&mode.header, "200 OK", &info, &cors),
         }
+        let keep = keep.and_then(|next| KeepAlive::new(&out, next));
+        if keep.is_some() {
+            // The header waits with the poll until its length is known.
+            out.shrink_to_fit();
+        }
         let mut cursors = Vec::with_capacity(defs.len());
         for def in &defs {
             let start = match def.backlog {
@@ -787,7 +936,8 @@ impl Subscriber {
         };
         self.state = State::Streaming(Streaming {
             hostid: hostid.into(),
-            next_ping: if mode.persist {
+            // A ping would be part of a kept-alive reply's body.
+            next_ping: if mode.persist && keep.is_none() {
                 secs(mode.ping_interval)
             } else {
                 None
@@ -806,6 +956,7 @@ impl Subscriber {
             bytes: 0,
             ws: accept.map(|_| Box::new(WsInput::new(ctx.now))),
             frame_left: 0,
+            keep,
         });
     }
 }
@@ -819,14 +970,23 @@ fn read_head(
     stats: &mut Stats,
 ) -> Progress {
     let limit = config.limits.head_bytes;
+    // A kept-alive connection's next request may be here already.
+    if http::head_end(&head.buf).is_some() {
+        return Progress::HeadComplete;
+    }
+    if head.buf.len() >= limit {
+        return Progress::Refuse(HttpError::HeadTooLarge);
+    }
     for _ in 0..READS_PER_TURN {
         match read_some(socket, scratch) {
             Io::Progress(n) => {
                 stats.total_inbound_bytes += n as u64;
                 let room = limit.saturating_sub(head.buf.len());
                 head.buf.extend_from_slice(&scratch[..n.min(room)]);
-                if let Some(end) = http::head_end(&head.buf) {
-                    head.buf.truncate(end);
+                if http::head_end(&head.buf).is_some() {
+                    // What came after the head is kept for a kept-alive
+                    // connection's next request, unless some is lost.
+                    head.dropped = n > room || n == scratch.len();
                     return Progress::HeadComplete;
                 }
                 if head.buf.len() >= limit {

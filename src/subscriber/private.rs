@@ -239,6 +239,7 @@ mod tests {
             cookies: cookies.iter().map(|c| c.to_string()).collect(),
             upgrade: Default::default(),
             forwarding: Default::default(),
+            keep_alive: true,
         }
     }
 

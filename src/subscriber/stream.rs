@@ -8,6 +8,7 @@ use crate::conn::{ConnId, Reason, Step};
 use crate::info;
 use crate::io::{Io, WRITE_BUDGET, write_pair};
 use crate::stats::Stats;
+use crate::subscriber::keepalive::KeepAlive;
 use crate::subscriber::websocket::WsInput;
 use mio::net::TcpStream;
 use std::collections::HashMap;
@@ -48,7 +49,8 @@ pub struct Streaming {
     /// Whether its cursors are pinned in their channels (see `Channels::pin`).
     pub pinned: bool,
     /// Close after this many events (0: never): `MaxMessages`, raised to
-    /// the backlog's size since a backlog is always sent whole.
+    /// the backlog's size since a backlog is always sent whole; 0 once a
+    /// kept-alive reply is framed (its cursors' ends bound it).
     pub limit: u64,
     pub events: u64,
     pub bytes: u64,
@@ -57,6 +59,9 @@ pub struct Streaming {
     /// Bytes left of the frame a WebSocket subscriber's last write stopped
     /// inside (0 at a frame boundary).
     pub frame_left: u64,
+    /// Set when the connection stays open for another request after this
+    /// reply: the reply then carries its length.
+    pub keep: Option<Box<KeepAlive>>,
 }
 
 /// The next run of bytes to send from one cursor.
@@ -191,9 +196,40 @@ impl Streaming {
         })
     }
 
+    /// Fixes what a kept-alive reply sends, announces its length and ends
+    /// it there: with `events`, every event its channels hold now (the
+    /// backlog, or what came while it waited: whole, like a backlog, however
+    /// many); else none, and `extra` (a shutdown message) after the head's
+    /// channel info.
+    pub fn frame(&mut self, channels: &Channels, events: bool, extra: &[u8]) {
+        let mut bytes = 0;
+        for cursor in &mut self.cursors {
+            let head = channels
+                .get(cursor.channel)
+                .map_or(cursor.pos, |c| c.stream(cursor.stream).head());
+            cursor.end = match events {
+                true => cursor.end.min(head).max(cursor.pos),
+                false => cursor.pos,
+            };
+            bytes += cursor.end - cursor.pos;
+        }
+        // The reply ends where its events do, whatever `MaxMessages` says.
+        self.limit = 0;
+        if let Some(keep) = &mut self.keep {
+            keep.frame(&mut self.out, bytes, extra);
+        }
+    }
+
+    /// Whether it is a kept-alive reply whose length is not announced yet
+    /// (nothing of it is sent before).
+    pub fn unframed(&self) -> bool {
+        self.keep.as_ref().is_some_and(|k| !k.framed)
+    }
+
     /// Writes pending bytes, the header or ping first, then events, in one
     /// system call for both (a long-poll reply is one `writev`), within the
-    /// turn's budget.
+    /// turn's budget. A kept-alive long-poll sends nothing until it has an
+    /// event, then announces the length of what it has.
     pub fn write(
         &mut self,
         socket: &mut TcpStream,
@@ -201,6 +237,12 @@ impl Streaming {
         stats: &mut Stats,
         now: Instant,
     ) -> Step {
+        if self.unframed() {
+            if self.mode.persist && self.next_chunk(channels).is_none() {
+                return Step::Wait;
+            }
+            self.frame(channels, true, b"");
+        }
         let mut budget = WRITE_BUDGET;
         loop {
             if self.lost_events(channels) {
@@ -218,7 +260,7 @@ impl Streaming {
                 }
                 match chunk {
                     _ if limit_reached => return Step::Close(Reason::MaxMessages),
-                    None if self.mode.persist => return Step::Wait,
+                    None if self.mode.persist && self.keep.is_none() => return Step::Wait,
                     None => return Step::Close(Reason::ResponseComplete),
                     Some(_) => {}
                 }

@@ -8,7 +8,11 @@
 // joins a channel with a backlog of 10 events; 200 events are published and
 // must all arrive exactly once and in order; then the server cuts the page off
 // (GET /disconnect/<hostid>), 50 more are published while it is away, and it
-// must come back and report each of them exactly once too. Then a page behind
+// must come back and report each of them exactly once too. The jsonlongpoll
+// page then gets 20 events one at a time (a long-poll cycle each) and must
+// make them on its kept-alive connection: the server's count of subscriber
+// connections accepted (GET /stats on the controller port) may grow by at
+// most 2 over those cycles. Then a page behind
 // a proxy that refuses WebSocket upgrades must fall back to sse. Last, the demo
 // page (/) gets events from a terminal-style publisher and from its own form,
 // and a screenshot of it is written. Private channels: for each transport a
@@ -139,6 +143,7 @@ async function checkTransport(context, controller, mode) {
 
   expected.push(...await controller.publish(channel, texts('live', 200)));
   await expectEvents(page, expected, `${mode}, 200 live events`);
+  if (mode === 'jsonlongpoll') await checkKeptAlive(page, controller, channel, expected, requests);
 
   // Cut the page off from the server side, once its connection is registered.
   const hostid = await page.evaluate(() => Meteor.hostid);
@@ -164,6 +169,35 @@ async function checkTransport(context, controller, mode) {
   await page.close();
   console.log(`ok ${mode}: ${expected.length} events exactly once and in order, ` +
     `across a server-side disconnect (${requests.length} requests, ${Date.now() - started} ms)`);
+}
+
+/* Subscriber connections the server has accepted so far (GET /stats). */
+async function acceptedSubscribers() {
+  const stats = await withDeadline(
+    fetch(`http://127.0.0.1:${controllerPort}/stats`).then((r) => r.json()), 'GET /stats');
+  if (typeof stats.subscriber_connections_accepted !== 'number') {
+    throw new Error(`GET /stats has no subscriber_connections_accepted: ${JSON.stringify(stats)}`);
+  }
+  return stats.subscriber_connections_accepted;
+}
+
+/* Long-poll cycles one event at a time: meteor.js's fetch() must reuse the
+   kept-alive connection instead of opening one per cycle. */
+async function checkKeptAlive(page, controller, channel, expected, requests) {
+  const before = await acceptedSubscribers();
+  const asked = requests.length;
+  const CYCLES = 20;
+  for (let i = 0; i < CYCLES; i++) {
+    expected.push(...await controller.publish(channel, [`one at a time ${i}`]));
+    await expectEvents(page, expected, `jsonlongpoll, event ${i} of ${CYCLES} one at a time`);
+  }
+  const opened = (await acceptedSubscribers()) - before;
+  const cycles = requests.length - asked;
+  if (cycles < CYCLES - 1 || opened > 2) {
+    throw new Error(`jsonlongpoll: ${cycles} long-poll requests opened ${opened} connections ` +
+      `(expected at least ${CYCLES - 1} requests on at most 2 new connections)`);
+  }
+  console.log(`ok jsonlongpoll: ${cycles} long-poll cycles opened ${opened} new connection(s)`);
 }
 
 /* A proxy that passes plain HTTP through to meteord but refuses every

@@ -17,6 +17,14 @@ const LP_FIRST: &str =
 /// Default follow-up long-poll request, resuming at the next id.
 const LP_NEXT: &str =
     "GET /push/{host}/benchlp/{channel}.r{next} HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n";
+/// First long-poll request with `--keep-alive` (`[benchka]`: `[benchlp]`
+/// plus `KeepAlive 1`, so replies carry their length and the connection
+/// is reused).
+const KA_FIRST: &str =
+    "GET /push/{host}/benchka/{channel} HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n";
+/// Follow-up request with `--keep-alive`, on the same connection.
+const KA_NEXT: &str =
+    "GET /push/{host}/benchka/{channel}.r{next} HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n";
 
 /// How events are published.
 #[derive(Clone, Debug)]
@@ -198,6 +206,11 @@ fn options() -> getopts::Options {
     );
     o.optflag(
         "",
+        "keep-alive",
+        "with --longpoll: meteord's kept-alive mode (benchka) by default; every client reuses its connection while replies carry a length",
+    );
+    o.optflag(
+        "",
         "websocket",
         "WebSocket subscribers: the default request is a handshake for [benchws]",
     );
@@ -282,7 +295,10 @@ pub fn parse(args: &[String]) -> Result<Option<Opts>, String> {
         )?),
     };
     let request = m.opt_str("request");
-    let default_req = if longpoll {
+    let keep_alive = m.opt_present("keep-alive");
+    let default_req = if longpoll && keep_alive {
+        KA_FIRST
+    } else if longpoll {
         LP_FIRST
     } else if m.opt_present("websocket") {
         WS_REQUEST
@@ -291,6 +307,8 @@ pub fn parse(args: &[String]) -> Result<Option<Opts>, String> {
     };
     let next_default = if request.is_some() {
         request.clone().unwrap_or_default()
+    } else if keep_alive {
+        KA_NEXT.to_string()
     } else {
         LP_NEXT.to_string()
     };

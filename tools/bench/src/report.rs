@@ -221,6 +221,7 @@ fn describe(key: &str) -> &str {
         "deliveries_per_s" => "deliveries per second",
         "cycles" => "long-poll cycles completed",
         "cycles_per_s" => "long-poll cycles per second",
+        "connections" => "long-poll connections opened",
         "lp_errors" => "long-poll failed requests",
         "lat_p50_ms" => "latency p50 (ms)",
         "lat_p99_ms" => "latency p99 (ms)",
@@ -262,6 +263,7 @@ fn lower_is_better(key: &str) -> bool {
                 | "connect_s"
                 | "delivery_s"
                 | "lp_errors"
+                | "connections"
                 | "client_cpu_s"
                 | "listen_overflows"
         )

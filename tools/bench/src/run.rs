@@ -332,6 +332,7 @@ pub fn run(opts: &Opts, args: &[String]) -> Result<Report, String> {
         let cycles = pool.total("cycles");
         r.int("cycles", cycles);
         r.num("cycles_per_s", per(cycles, span));
+        r.int("connections", pool.total("connects"));
         r.int("lp_errors", pool.total("errors") + pool.total("bad_status"));
     } else {
         r.int("disconnected", pool.total("closed"));

@@ -62,6 +62,8 @@ struct Tally {
     dups: u64,
     closed: u64,
     cycles: u64,
+    /// Connections opened (a kept-alive long-poll client opens one).
+    connects: u64,
     errors: u64,
     bad_status: u64,
     last_ns: u64,
@@ -204,13 +206,14 @@ impl Worker<'_> {
     fn fields(&self) -> String {
         let t = &self.tally;
         format!(
-            "ready={} failed={} unique={} dups={} closed={} cycles={} errors={} bad_status={} last_ns={} cpu_ms={}",
+            "ready={} failed={} unique={} dups={} closed={} cycles={} connects={} errors={} bad_status={} last_ns={} cpu_ms={}",
             t.ready,
             t.failed,
             t.unique,
             t.dups,
             t.closed,
             t.cycles,
+            t.connects,
             t.errors,
             t.bad_status,
             t.last_ns,
@@ -224,6 +227,7 @@ impl Worker<'_> {
         let sub = &mut self.subs[i];
         sub.attempts += 1;
         sub.split = Splitter::default();
+        self.tally.connects += 1;
         match net::connect(self.opts.target, src) {
             Ok(mut sock) => {
                 let interest = Interest::READABLE | Interest::WRITABLE;
