@@ -247,8 +247,14 @@ pub fn parse_head(head: &[u8], max_headers: usize) -> Result<RequestHead, HttpEr
         .values("Connection")
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("close"));
+    // Request bodies are never read, so the bytes after such a head could
+    // be taken for a next request (smuggled past a proxy that pools its
+    // connections to us): a request that announces a body is answered and
+    // the connection closed.
+    let body = head.values("Transfer-Encoding").next().is_some()
+        || head.values("Content-Length").any(|v| v != "0");
     Ok(RequestHead {
-        keep_alive: head.version >= 1 && !close,
+        keep_alive: head.version >= 1 && !close && !body,
         upgrade,
         user_agent: head.header("User-Agent").unwrap_or("-").to_owned(),
         origin: head.header("Origin").map(str::to_owned),
@@ -317,6 +323,18 @@ mod tests {
         );
         assert_eq!(
             keep(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"),
+            Ok(false)
+        );
+        assert_eq!(
+            keep(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            Ok(true)
+        );
+        assert_eq!(
+            keep(b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
+            Ok(false)
+        );
+        assert_eq!(
+            keep(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Ok(false)
         );
     }

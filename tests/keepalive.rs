@@ -343,3 +343,35 @@ fn a_persist_0_poll_is_kept_alive_too() {
     c.expect_eof();
     assert_eq!(ctl.wait_stat("current_subscribers", WAIT, |n| n == 0), 0);
 }
+
+#[test]
+fn a_request_with_a_body_is_answered_and_closed_so_its_body_is_never_a_request() {
+    let (s, mut ctl) = start(&[]);
+    assert_eq!(ctl.add("a", "one"), 1);
+    let smuggled = get("/push/h2/ka/a.h", "");
+    for length in [
+        format!("Content-Length: {}\r\n", smuggled.len()),
+        "Transfer-Encoding: chunked\r\n".to_owned(),
+    ] {
+        let mut c = s.connect_sub();
+        let mut request = get("/push/h1/ka/a.h", &length);
+        request.push_str(&smuggled);
+        c.send(request.as_bytes());
+        // The classic reply, ended by the close: the body is not answered
+        // (kept alive, the first reply would be framed and the body
+        // answered as a second request).
+        let reply = String::from_utf8_lossy(&c.read_to_end(WAIT)).into_owned();
+        assert_eq!(reply, classic("a=1\n1:a:one\n"), "with {length:?}");
+    }
+    let joined = s
+        .logs()
+        .iter()
+        .filter(|l| l.contains("joinchannel"))
+        .count();
+    assert_eq!(
+        joined,
+        2,
+        "only the two heads were requests: {:?}",
+        s.logs()
+    );
+}
