@@ -100,7 +100,8 @@
   }
 
   /* ---- transports: open(url, conn) starts a request and returns close().
-     They report to conn: opened(), record(object) with the object shapes of
+     They report to conn: waiting() (a long-poll request is outstanding),
+     opened(), record(object) with the object shapes of
      the JSON modes, end(reason). */
 
   function openEventSource(url, conn) {
@@ -172,7 +173,11 @@
     };
     (async () => {
       awake();
-      const res = await fetch(url, { cache: 'no-store', signal: abort.signal });
+      const reply = fetch(url, { cache: 'no-store', signal: abort.signal });
+      // A kept-alive long-poll reply comes whole when it has an event, so the
+      // poll counts as connected while it is outstanding.
+      if (!streaming) conn.waiting();
+      const res = await reply;
       if (!res.ok) throw new Error('HTTP ' + res.status);
       if (!res.body) {
         if (streaming) return 'refused'; // this browser cannot read a body as it grows
@@ -309,7 +314,10 @@
       current = null;
       close();
       tokens.ended(reason === 'resync' || (reason === 'done' && mode === 'jsonlongpoll'));
-      if (reason instanceof Error) log('connection failed:', reason.message);
+      if (reason instanceof Error) {
+        log('connection failed:', reason.message);
+        if (!openedAt && Meteor.status === 4) setStatus(1); // the poll never got a reply
+      }
       if (reason === 'eof') {
         setStatus(6);
         fire('eof'); // may call disconnect() to stay away
@@ -331,6 +339,9 @@
     };
 
     const conn = {
+      waiting() {
+        if (!done && Meteor.status !== 5) setStatus(4);
+      },
       opened() {
         if (done) return;
         openedAt = Date.now();
