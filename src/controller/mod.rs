@@ -14,7 +14,8 @@ use crate::http::{HttpError, head_end};
 use crate::hub::{Failed, Hub, Publish};
 use crate::info;
 use crate::io::{
-    COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN, Io, READS_PER_TURN, read_some, write_some,
+    BURST_COMMANDS_PER_TURN, COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN, Io, READS_PER_TURN,
+    read_some, write_some,
 };
 use crate::stats::Stats;
 use auth::AuthFailures;
@@ -99,8 +100,9 @@ pub struct Context<'a> {
     pub scratch: &'a mut [u8],
     /// The connection being driven, named in publishes answered later.
     pub id: ConnId,
-    /// Commands this connection may still run this turn, so that subscribers
-    /// get a write between bursts and are not outrun by one publisher.
+    /// Commands this connection may still run this turn, so that the others
+    /// and the subscribers get their turn (see `has_room` for what keeps
+    /// readers from being outrun).
     pub commands_left: usize,
     /// Likewise in bytes, for large events.
     pub bytes_left: usize,
@@ -115,7 +117,49 @@ pub struct Context<'a> {
 impl Context<'_> {
     /// A fresh turn's budget.
     pub fn budget() -> (usize, usize) {
-        (COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN)
+        (BURST_COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN)
+    }
+}
+
+/// The burst rule: whether a publish to `channel` may run in this turn.
+///
+/// A publisher runs what it pipelined, up to `BURST_COMMANDS_PER_TURN`
+/// commands and `INPUT_BYTES_PER_TURN` bytes a turn, so a burst reaches the
+/// subscribers in one pass instead of one pass per 32 events. Each publish
+/// first asks its channel for room: it runs only while the channel can take
+/// more than `COMMANDS_PER_TURN` further events before its subscribers are
+/// written (`Channels::room`); otherwise the connection yields with the
+/// command unread and runs it once the loop has written the channel's
+/// subscribers.
+///
+/// Why it is safe:
+/// - A reader that was caught up when subscribers were last written finds
+///   its next event still held: its channel keeps the newest
+///   `max(MaxMessagesPerChannel, STREAM_FLOOR_EVENTS)` events, and until the
+///   next write publishers add at most that less `COMMANDS_PER_TURN`,
+///   whichever connections they come on, and the one source that does not
+///   ask (the UDP socket standalone, the Redis link in a cluster) at most
+///   `COMMANDS_PER_TURN`. So it is never dropped as a slow consumer because
+///   publishers were fast; only `MaxCachedBytes` eviction can still reach it.
+///   A reader whose socket is full is pinned as before, and one connection
+///   still brings at most `INPUT_BYTES_PER_TURN`, a quarter of what a reader
+///   is written per turn (`WRITE_BUDGET`).
+/// - No publisher starves the others: each runs at most its own budget per
+///   turn, and connections that yielded are driven in turn order, the first
+///   of one turn last in the next, so none keeps first pick of a channel's
+///   room.
+/// - No subscriber waits long: a turn holds at most one budget per
+///   connection (about a millisecond of work) before subscribers are written.
+fn has_room(ctx: &Context, channel: &[u8]) -> bool {
+    ctx.hub.channels.room(channel) > COMMANDS_PER_TURN
+}
+
+/// `has_room` for one line of the line protocol (true for anything but a
+/// publish).
+fn line_has_room(ctx: &Context, line: &[u8]) -> bool {
+    match parse(line.strip_suffix(b"\r").unwrap_or(line)) {
+        Some(Command::AddMessage { channel, .. }) => has_room(ctx, channel),
+        _ => true,
     }
 }
 
@@ -357,6 +401,11 @@ impl Controller {
             if !self.awaiting.is_empty() && !line.starts_with(b"ADDMESSAGE") {
                 break;
             }
+            if self.phase == Phase::Open && !line_has_room(ctx, line) {
+                // The rest of the burst goes next turn (`has_room`).
+                ctx.commands_left = 0;
+                break;
+            }
             self.lines += 1;
             self.last_command = ctx.now;
             // The time limit runs for each command from its first byte.
@@ -483,6 +532,11 @@ impl Controller {
                     self.out.extend_from_slice(http::CONTINUE);
                     self.continued = true;
                 }
+                return;
+            }
+            if http::publish_channel(&request).is_some_and(|c| !has_room(ctx, c.as_bytes())) {
+                // The rest of the burst goes next turn (`has_room`).
+                ctx.commands_left = 0;
                 return;
             }
             self.continued = false;
