@@ -223,7 +223,7 @@ SCENARIOS=(
     "longpoll-1k-200/s-20s|--longpoll -n $((1000 / SCALE)) -m 4000 -r 200 --size 64"
     # WebSocket beside streaming (meteord only: nchan's websocket subscriber is not set up here).
     "ws-idle-10k|--websocket -n $((10000 / SCALE)) -m 0"
-    "ws-burst-10k-x200|--websocket -n $((10000 / SCALE)) -m 200 --size 64"
+    "ws-burst-10k-x200|--websocket -n $((10000 / SCALE)) -m 200 --size 64 --window 1000"
     "ws-rate-10k-100/s-10s|--websocket -n $((10000 / SCALE)) -m 1000 -r 100 --size 64"
 )
 
@@ -231,6 +231,9 @@ SCENARIOS=(
 # /proc figures) and target (the bench's address options), or sets why it is not run and
 # returns 1.
 setup_meteord() { # $1: the binary
+    if [ "$1" = "$BASELINE" ] && [[ $args == *--websocket* ]]; then
+        why="not run (no WebSocket mode in the baseline's configuration)"; return 1
+    fi
     start_meteord "$1" || { why="meteord did not start"; return 1; }
     pid=$SERVER_PID
     target=(-t "127.0.0.1:$SUB_PORT" --controller "127.0.0.1:$CTL_PORT")
