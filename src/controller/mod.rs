@@ -14,8 +14,8 @@ use crate::http::{HttpError, head_end};
 use crate::hub::{Failed, Hub, Publish};
 use crate::info;
 use crate::io::{
-    BURST_COMMANDS_PER_TURN, COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN, Io, READS_PER_TURN,
-    read_some, write_some,
+    BURST_COMMANDS_PER_TURN, COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN, Io, OTHER_COMMAND_COST,
+    READS_PER_TURN, read_some, write_some,
 };
 use crate::stats::Stats;
 use auth::AuthFailures;
@@ -119,12 +119,34 @@ impl Context<'_> {
     pub fn budget() -> (usize, usize) {
         (BURST_COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN)
     }
+
+    /// Takes a command's `cost` and `bytes` from the turn's budget.
+    fn charge(&mut self, cost: usize, bytes: usize) {
+        self.commands_left = self.commands_left.saturating_sub(cost);
+        self.bytes_left = self.bytes_left.saturating_sub(bytes);
+        if self.bytes_left == 0 {
+            self.commands_left = 0;
+        }
+    }
+}
+
+/// What a command takes of the turn's budget (`publish_to` is its channel
+/// when it is a publish): 1 for a publish, `OTHER_COMMAND_COST` for anything
+/// else; None when it is a publish that must wait for the next turn
+/// (`has_room`).
+fn cost(ctx: &Context, publish_to: Option<&[u8]>) -> Option<usize> {
+    match publish_to {
+        Some(channel) if !has_room(ctx, channel) => None,
+        Some(_) => Some(1),
+        None => Some(OTHER_COMMAND_COST),
+    }
 }
 
 /// The burst rule: whether a publish to `channel` may run in this turn.
 ///
 /// A publisher runs what it pipelined, up to `BURST_COMMANDS_PER_TURN`
-/// commands and `INPUT_BYTES_PER_TURN` bytes a turn, so a burst reaches the
+/// publishes (other commands count `OTHER_COMMAND_COST` each) and
+/// `INPUT_BYTES_PER_TURN` bytes a turn, so a burst reaches the
 /// subscribers in one pass instead of one pass per 32 events. Each publish
 /// first asks its channel for room: it runs only while the channel can take
 /// more than `COMMANDS_PER_TURN` further events before its subscribers are
@@ -154,12 +176,11 @@ fn has_room(ctx: &Context, channel: &[u8]) -> bool {
     ctx.hub.channels.room(channel) > COMMANDS_PER_TURN
 }
 
-/// `has_room` for one line of the line protocol (true for anything but a
-/// publish).
-fn line_has_room(ctx: &Context, line: &[u8]) -> bool {
+/// The channel a line of the line protocol publishes to, if it does.
+fn publish_target(line: &[u8]) -> Option<&[u8]> {
     match parse(line.strip_suffix(b"\r").unwrap_or(line)) {
-        Some(Command::AddMessage { channel, .. }) => has_room(ctx, channel),
-        _ => true,
+        Some(Command::AddMessage { channel, .. }) => Some(channel),
+        _ => None,
     }
 }
 
@@ -401,20 +422,17 @@ impl Controller {
             if !self.awaiting.is_empty() && !line.starts_with(b"ADDMESSAGE") {
                 break;
             }
-            if self.phase == Phase::Open && !line_has_room(ctx, line) {
+            let target = publish_target(line).filter(|_| self.phase == Phase::Open);
+            let Some(cost) = cost(ctx, target) else {
                 // The rest of the burst goes next turn (`has_room`).
                 ctx.commands_left = 0;
                 break;
-            }
+            };
             self.lines += 1;
             self.last_command = ctx.now;
             // The time limit runs for each command from its first byte.
             self.partial_since = None;
-            ctx.commands_left -= 1;
-            ctx.bytes_left = ctx.bytes_left.saturating_sub(nl + 1);
-            if ctx.bytes_left == 0 {
-                ctx.commands_left = 0;
-            }
+            ctx.charge(cost, nl + 1);
             self.answer(line, ctx);
             used += nl + 1;
         }
@@ -534,21 +552,18 @@ impl Controller {
                 }
                 return;
             }
-            if http::publish_channel(&request).is_some_and(|c| !has_room(ctx, c.as_bytes())) {
+            let target = http::publish_channel(&request).map(str::as_bytes);
+            let Some(cost) = cost(ctx, target) else {
                 // The rest of the burst goes next turn (`has_room`).
                 ctx.commands_left = 0;
                 return;
-            }
+            };
             self.continued = false;
             self.lines += 1;
             self.last_command = ctx.now;
             // The time limit runs for each command from its first byte.
             self.partial_since = None;
-            ctx.commands_left -= 1;
-            ctx.bytes_left = ctx.bytes_left.saturating_sub(head_len + body_len);
-            if ctx.bytes_left == 0 {
-                ctx.commands_left = 0;
-            }
+            ctx.charge(cost, head_len + body_len);
             let body = &self.partial[head_len..head_len + body_len];
             let close = match http::respond(&request, body, self.peer.ip(), ctx) {
                 Answer::Now(response, close) => {
