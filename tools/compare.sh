@@ -69,12 +69,14 @@ log "building meteor-bench and meteord (release)"
 if [ "$ONLY" != nchan ]; then
     (cd "$ROOT" && cargo build --release -p meteord 2>&1 | tail -n 3) >&2 || log "meteord did not build: its scenarios will show errors"
 fi
+IDEAL_BUILT=""
 if [ -z "$ONLY" ] || [ "$ONLY" = ideal ]; then
     if [ ! -f "$IDEAL_SRC" ]; then
         log "yardstick column skipped: $IDEAL_SRC not found"
-    elif ! gcc -O2 -o "$IDEAL" "$IDEAL_SRC" >&2; then
+    elif gcc -O2 -o "$IDEAL" "$IDEAL_SRC" >&2; then
+        IDEAL_BUILT=1
+    else
         log "yardstick column skipped: $IDEAL_SRC did not build"
-        rm -f "$IDEAL"
     fi
 fi
 mkdir -p "$OUT"
@@ -116,15 +118,26 @@ start_meteord() {
     "${1:-$METEORD}" -ConfigFileLocation "$conf" -SyslogFacility none -SubscriberIP 127.0.0.1 \
         -SubscriberPort 0 -ControllerIP 127.0.0.1 -ControllerPort 0 2>"$TMP/meteord.log" &
     SERVER_PID=$!
-    SUB_PORT="" CTL_PORT=""
+    wait_started meteord "$TMP/meteord.log" meteord_listening
+}
+# Whether meteord has announced both ports; sets SUB_PORT and CTL_PORT.
+meteord_listening() {
+    SUB_PORT=$(sed -n 's/.*listening for subscribers on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$TMP/meteord.log" | head -n1)
+    CTL_PORT=$(sed -n 's/.*listening for controllers on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$TMP/meteord.log" | head -n1)
+    [ -n "$SUB_PORT" ] && [ -n "$CTL_PORT" ]
+}
+
+# Waits up to 10 s, while SERVER_PID runs, for the check command (the rest of the
+# arguments) to succeed; otherwise shows the end of the server's log and stops it.
+wait_started() { # $1: the server's name, $2: its log
+    local name=$1 logfile=$2
+    shift 2
     for _ in $(seq 100); do
-        SUB_PORT=$(sed -n 's/.*listening for subscribers on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$TMP/meteord.log" | head -n1)
-        CTL_PORT=$(sed -n 's/.*listening for controllers on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$TMP/meteord.log" | head -n1)
-        [ -n "$SUB_PORT" ] && [ -n "$CTL_PORT" ] && return 0
+        "$@" && return 0
         kill -0 "$SERVER_PID" 2>/dev/null || break
         sleep 0.1
     done
-    log "meteord did not start:"; tail -n 5 "$TMP/meteord.log" >&2
+    log "$name did not start:"; tail -n 5 "$logfile" >&2
     stop_server
     return 1
 }
@@ -199,16 +212,10 @@ start_ideal() {
     [ "$IDEAL_SUB" != "$IDEAL_PUB" ] || IDEAL_PUB=$((IDEAL_SUB + 1000))
     "$IDEAL" "$IDEAL_SUB" "$IDEAL_PUB" 2>"$TMP/ideal.log" &
     SERVER_PID=$!
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$IDEAL_SUB") 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$IDEAL_PUB") 2>/dev/null; then
-            return 0
-        fi
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    log "the yardstick did not start:"; tail -n 5 "$TMP/ideal.log" >&2
-    stop_server
-    return 1
+    wait_started "the yardstick" "$TMP/ideal.log" ideal_listening
+}
+ideal_listening() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$IDEAL_SUB") 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$IDEAL_PUB") 2>/dev/null
 }
 
 # ---- scenarios --------------------------------------------------------------
@@ -278,8 +285,9 @@ run_one() {
 }
 
 SERVERS=(meteord nchan)
-[ -x "$IDEAL" ] && SERVERS+=(ideal)
+[ -n "$IDEAL_BUILT" ] && SERVERS+=(ideal)
 [ -n "$ONLY" ] && SERVERS=("$ONLY")
+[ "$ONLY" = ideal ] && [ -z "$IDEAL_BUILT" ] && exit 1
 [ -n "$BASELINE" ] && SERVERS=(before "${SERVERS[@]}")
 for s in "${SERVERS[@]}"; do : >"$OUT/$s.jsonl"; : >"$OUT/$s.stderr"; done
 for sc in "${SCENARIOS[@]}"; do
