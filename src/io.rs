@@ -20,10 +20,11 @@ pub const READS_PER_TURN: usize = 16;
 /// room, so publishers leave this much of it to them.
 pub const COMMANDS_PER_TURN: usize = 32;
 /// Publishes (line commands or HTTP requests) one publisher connection may
-/// run per loop turn, so that a pipelined burst goes to subscribers in a few passes, not
-/// one pass per 32 events. What keeps readers safe is not this count but a
-/// channel's room (`Channels::room`), asked before every publish; this only
-/// bounds how long one connection holds the loop (about a millisecond).
+/// run per loop turn, so that a pipelined burst goes to subscribers in a
+/// few passes, not one pass per 32 events. What keeps readers safe is not
+/// this count but a channel's room (`Channels::room`), asked before every
+/// publish; this only bounds how long one connection holds the loop (about
+/// a millisecond).
 pub const BURST_COMMANDS_PER_TURN: usize = 1024;
 /// What a command other than a publish takes of `BURST_COMMANDS_PER_TURN`:
 /// those still run at most `COMMANDS_PER_TURN` a turn, since one may cost

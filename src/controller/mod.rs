@@ -162,7 +162,8 @@ fn cost(ctx: &Context, publish_to: Option<&[u8]>) -> Option<usize> {
 ///   whichever connections they come on, and the one source that does not
 ///   ask (the UDP socket standalone, the Redis link in a cluster) at most
 ///   `COMMANDS_PER_TURN`. So it is never dropped as a slow consumer because
-///   publishers were fast; only `MaxCachedBytes` eviction can still reach it.
+///   publishers were fast; only `MaxCachedBytes` eviction, or `SIGUSR1`
+///   emptying the caches in the middle of a burst, can still reach it.
 ///   A reader whose socket is full is pinned as before, and one connection
 ///   still brings at most `INPUT_BYTES_PER_TURN`, a quarter of what a reader
 ///   is written per turn (`WRITE_BUDGET`).
