@@ -120,95 +120,133 @@ fn a_burst_of_ten_thousand_events_reaches_a_reader_that_keeps_up_whole_and_in_or
 #[test]
 fn a_second_publisher_is_answered_while_a_burst_is_in_flight() {
     // The channel's room stops the burst every few hundred events.
-    second_publisher_during_a_burst(&["-PingInterval", "0"]);
+    second_publisher_during_a_burst(&["-PingInterval", "0"], 1);
 }
 
 #[test]
 fn a_second_publisher_is_answered_while_a_burst_in_the_room_of_its_channel_is_in_flight() {
     // Room for the whole burst: only the turn's budget stops it.
-    second_publisher_during_a_burst(&["-PingInterval", "0", "-MaxMessagesPerChannel", "200000"]);
+    let args = ["-PingInterval", "0", "-MaxMessagesPerChannel", "200000"];
+    second_publisher_during_a_burst(&args, 1);
 }
 
-/// Publisher A pipelines 100,000 events; once they are being answered,
-/// publisher B publishes one on the same channel and is answered before A's
-/// last, and the reader gets all of both, in order.
-fn second_publisher_during_a_burst(args: &[&str]) {
-    const BURST: usize = 100_000;
-    let s = Server::start_test(args);
-    let sub = subscribe(&s, "shared");
-    let reader = read_on_thread(sub, BURST + 1);
+#[test]
+fn two_bursts_on_one_channel_take_turns() {
+    // Both stop at the channel's room every turn: neither may keep first pick.
+    second_publisher_during_a_burst(&["-PingInterval", "0"], 5_000);
+}
 
-    // Publisher A: the whole burst written on one thread, its replies read
-    // on another as fast as they come.
-    let a = s.ctl();
-    let mut writer = a
+/// A publisher writing pipelined publishes on one thread and reading its
+/// replies on another, as fast as they come.
+struct Burst {
+    writing: thread::JoinHandle<std::io::Result<()>>,
+    replies: thread::JoinHandle<Result<Vec<u8>, String>>,
+    /// Its first reply, as soon as it came.
+    first: mpsc::Receiver<Vec<u8>>,
+    events: usize,
+}
+
+/// Starts `events` publishes of `<tag><n>` on `channel`, on a connection of
+/// their own.
+fn burst(s: &Server, channel: &str, tag: &str, events: usize) -> Burst {
+    let mut ctl = s.ctl();
+    let mut writer = ctl
         .conn
         .stream
         .try_clone()
         .expect("clone the controller socket");
-    let burst: String = (0..BURST)
-        .map(|i| format!("ADDMESSAGE shared a{i}\n"))
+    let lines: String = (0..events)
+        .map(|i| format!("ADDMESSAGE {channel} {tag}{i}\n"))
         .collect();
-    let writing = thread::spawn(move || writer.write_all(burst.as_bytes()));
-    let (first_tx, first_rx) = mpsc::channel();
+    let writing = thread::spawn(move || writer.write_all(lines.as_bytes()));
+    let (first_tx, first) = mpsc::channel();
     let replies = thread::spawn(move || {
-        let mut a = a;
-        read_lines(&mut a.conn, BURST, Duration::from_secs(60), |line| {
+        read_lines(&mut ctl.conn, events, Duration::from_secs(60), |line| {
             let _ = first_tx.send(line.to_vec());
         })
     });
+    Burst {
+        writing,
+        replies,
+        first,
+        events,
+    }
+}
 
-    // Once A's burst is being answered, B publishes once on the same channel.
-    let first = first_rx
+impl Burst {
+    /// The ids it was answered, once all came; they grow.
+    fn ids(self, who: &str) -> Vec<u64> {
+        self.writing
+            .join()
+            .expect("writer thread")
+            .unwrap_or_else(|e| panic!("{who}'s burst not written: {e}"));
+        let replies = self
+            .replies
+            .join()
+            .expect("reply thread")
+            .unwrap_or_else(|e| panic!("{who}'s replies: {e}"));
+        let ids: Vec<u64> = String::from_utf8_lossy(&replies)
+            .lines()
+            .map(parse_ok_id)
+            .collect();
+        assert_eq!(ids.len(), self.events, "{who}'s replies");
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{who}'s ids grow");
+        ids
+    }
+}
+
+/// Publisher A pipelines 100,000 events; once they are being answered,
+/// publisher B pipelines `b_events` (a fifth of A's or fewer) on the same
+/// channel. B is answered in full before A's last, and the reader gets all
+/// of both, each once, each publisher's in its order.
+fn second_publisher_during_a_burst(args: &[&str], b_events: usize) {
+    const BURST: usize = 100_000;
+    let s = Server::start_test(args);
+    let sub = subscribe(&s, "shared");
+    let reader = read_on_thread(sub, BURST + b_events);
+
+    let a = burst(&s, "shared", "a", BURST);
+    let first = a
+        .first
         .recv_timeout(Duration::from_secs(10))
         .expect("A's first reply");
     assert_eq!(first, b"OK\t1\r\n");
-    let mut b = s.ctl();
-    let b_id = b.add("shared", "from-b");
-
-    writing
-        .join()
-        .expect("writer thread")
-        .expect("A's burst written");
-    let replies = replies
-        .join()
-        .expect("reply thread")
-        .unwrap_or_else(|e| panic!("A's replies: {e}"));
-    let a_ids: Vec<u64> = String::from_utf8_lossy(&replies)
-        .lines()
-        .map(parse_ok_id)
-        .collect();
-    assert_eq!(a_ids.len(), BURST);
-    assert!(a_ids.windows(2).all(|w| w[0] < w[1]), "A's ids grow");
+    let b = burst(&s, "shared", "b", b_events);
+    let b_ids = b.ids("B");
+    let a_ids = a.ids("A");
     let last_a = a_ids[BURST - 1];
+    // B, a fifth of A or less, is done before A: it was not held back
+    // until A's burst ran out.
+    let last_b = b_ids[b_events - 1];
     assert!(
-        b_id < last_a,
-        "B's publish ({b_id}) waited for the whole burst (last id {last_a})"
+        last_b < last_a,
+        "B's last publish ({last_b}) waited for the whole burst (last id {last_a})"
     );
-    assert!(!a_ids.contains(&b_id));
+    let mut all: Vec<u64> = a_ids.iter().chain(&b_ids).copied().collect();
+    all.sort_unstable();
 
     // The reader got all of both, each once, in id order.
-    let (_sub, got) = reader.join().expect("reader thread");
+    let (sub, got) = reader.join().expect("reader thread");
     let got = String::from_utf8(got).expect("utf-8 events");
     let mut ids = Vec::new();
-    let mut next_a = 0;
+    let mut next = [0usize; 2];
     for line in got.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(id), Some("shared"), Some(text)) = (parts.next(), parts.next(), parts.next())
         else {
             panic!("unexpected event line {line:?}");
         };
-        let id: u64 = id.parse().expect("numeric id");
-        if id == b_id {
-            assert_eq!(text, "from-b");
-        } else {
-            assert_eq!(text, format!("a{next_a}"), "A's events in order");
-            next_a += 1;
-        }
-        ids.push(id);
+        ids.push(id.parse::<u64>().expect("numeric id"));
+        let who = usize::from(text.starts_with('b'));
+        assert_eq!(
+            text,
+            format!("{}{}", ["a", "b"][who], next[who]),
+            "each publisher's events in its order"
+        );
+        next[who] += 1;
     }
-    assert_eq!(ids.len(), BURST + 1);
-    assert_eq!(next_a, BURST);
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in order");
-    assert_no_slow_consumer(&s, &mut b, "shared");
+    assert_eq!(ids, all, "every answered id once, in order");
+    let mut ctl = s.ctl();
+    assert_no_slow_consumer(&s, &mut ctl, "shared");
+    drop(sub);
 }
