@@ -376,8 +376,9 @@ pub struct Channel {
     subscribers: Slab<Reader>,
     /// Persistent subscribers, the ones `COUNTSUBSCRIBERS` reports.
     pub persistent: usize,
-    /// Queued in `Channels::dirty` for the next flush.
-    dirty: bool,
+    /// Events taken since its subscribers were last written (`take_dirty`);
+    /// above 0 it is queued in `Channels::dirty` for the next flush.
+    fresh: usize,
     /// The key of this channel's entry in `Channels::expiries`.
     expires_ms: Option<u64>,
     /// Unique per channel ever created: tells this channel from an earlier
@@ -654,7 +655,7 @@ impl Channels {
             streams: Slab::new(),
             subscribers: Slab::new(),
             persistent: 0,
-            dirty: false,
+            fresh: 0,
             expires_ms: None,
             serial: self.next_serial,
             evicted_through: 0,
@@ -789,10 +790,10 @@ impl Channels {
         let max = self.max_per_channel;
         channel.pop_messages_while(|_, len| len > max);
         channel.trim_streams();
-        if !channel.dirty {
-            channel.dirty = true;
+        if channel.fresh == 0 {
             self.dirty.push(key);
         }
+        channel.fresh += 1;
         let serial = channel.serial;
         self.queue.push_back(Queued { key, serial, id });
         self.settle(key, before);
@@ -1178,11 +1179,27 @@ impl Channels {
         self.remove_if_unused(key);
     }
 
+    /// How many more events channel `name` can take before its subscribers
+    /// are next written without one that was caught up losing any: its
+    /// streams keep at least the newest `max(MaxMessagesPerChannel,
+    /// STREAM_FLOOR_EVENTS)` events (the cache, or the floor), short of
+    /// `MaxCachedBytes` eviction. Publishers with a burst pipelined stop
+    /// here for the turn (the burst rule: `controller::has_room`).
+    pub fn room(&self, name: &[u8]) -> usize {
+        let kept = self.max_per_channel.max(STREAM_FLOOR_EVENTS);
+        let fresh = self
+            .by_name
+            .get(name)
+            .and_then(|&key| self.slab.get(key))
+            .map_or(0, |channel| channel.fresh);
+        kept.saturating_sub(fresh)
+    }
+
     /// Takes the channels published to since the last call.
     pub fn take_dirty(&mut self, into: &mut Vec<usize>) {
         for key in self.dirty.drain(..) {
             if let Some(channel) = self.slab.get_mut(key) {
-                channel.dirty = false;
+                channel.fresh = 0;
                 into.push(key);
             }
         }

@@ -13,10 +13,23 @@ pub const WRITE_BUDGET: usize = 1024 * 1024;
 pub const INPUT_BYTES_PER_TURN: usize = 256 * 1024;
 /// Reads a connection may do in one loop turn before it yields.
 pub const READS_PER_TURN: usize = 16;
-/// Commands (or datagrams, or announced events) one connection may run per
-/// loop turn: well under `channel::STREAM_FLOOR_EVENTS`, so a subscriber that
-/// reads as fast as it can is always written to before it could fall behind.
+/// Datagrams (UDP) or announced events (the Redis link) one connection may
+/// take per loop turn: well under `channel::STREAM_FLOOR_EVENTS`, so a
+/// subscriber that reads as fast as it can is always written to before it
+/// could fall behind. These sources publish without asking a channel for
+/// room, so publishers leave this much of it to them.
 pub const COMMANDS_PER_TURN: usize = 32;
+/// Publishes (line commands or HTTP requests) one publisher connection may
+/// run per loop turn, so that a pipelined burst goes to subscribers in a
+/// few passes, not one pass per 32 events. What keeps readers safe is not
+/// this count but a channel's room (`Channels::room`), asked before every
+/// publish; this only bounds how long one connection holds the loop (about
+/// a millisecond).
+pub const BURST_COMMANDS_PER_TURN: usize = 1024;
+/// What a command other than a publish takes of `BURST_COMMANDS_PER_TURN`:
+/// those still run at most `COMMANDS_PER_TURN` a turn, since one may cost
+/// far more than a publish (statistics, a channel listing, a large reply).
+pub const OTHER_COMMAND_COST: usize = BURST_COMMANDS_PER_TURN / COMMANDS_PER_TURN;
 /// Size of the loop-wide read buffer every connection reads into.
 pub const SCRATCH_BYTES: usize = 64 * 1024;
 

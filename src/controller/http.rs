@@ -344,6 +344,12 @@ impl Refused {
     }
 }
 
+/// The channel a `POST /pub/<channel>` request names, unchecked.
+pub fn publish_channel(request: &ControlRequest) -> Option<&str> {
+    let path = request.path.split('?').next().unwrap_or_default();
+    (request.method == "POST").then(|| path.strip_prefix("/pub/"))?
+}
+
 /// Routes a request and checks its password and channel name.
 fn endpoint<'r>(
     request: &'r ControlRequest,
@@ -369,7 +375,7 @@ fn endpoint<'r>(
     let path = request.path.split('?').next().unwrap_or_default();
     match (request.method.as_str(), path) {
         ("POST", p) if p.starts_with("/pub/") => {
-            let channel = &p[5..];
+            let channel = publish_channel(request).unwrap_or_default();
             let valid = !channel.is_empty()
                 && !channel
                     .bytes()

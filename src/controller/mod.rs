@@ -14,7 +14,8 @@ use crate::http::{HttpError, head_end};
 use crate::hub::{Failed, Hub, Publish};
 use crate::info;
 use crate::io::{
-    COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN, Io, READS_PER_TURN, read_some, write_some,
+    BURST_COMMANDS_PER_TURN, COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN, Io, OTHER_COMMAND_COST,
+    READS_PER_TURN, read_some, write_some,
 };
 use crate::stats::Stats;
 use auth::AuthFailures;
@@ -99,8 +100,9 @@ pub struct Context<'a> {
     pub scratch: &'a mut [u8],
     /// The connection being driven, named in publishes answered later.
     pub id: ConnId,
-    /// Commands this connection may still run this turn, so that subscribers
-    /// get a write between bursts and are not outrun by one publisher.
+    /// Commands this connection may still run this turn, so that the others
+    /// and the subscribers get their turn (see `has_room` for what keeps
+    /// readers from being outrun).
     pub commands_left: usize,
     /// Likewise in bytes, for large events.
     pub bytes_left: usize,
@@ -115,7 +117,71 @@ pub struct Context<'a> {
 impl Context<'_> {
     /// A fresh turn's budget.
     pub fn budget() -> (usize, usize) {
-        (COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN)
+        (BURST_COMMANDS_PER_TURN, INPUT_BYTES_PER_TURN)
+    }
+
+    /// Takes a command's `cost` and `bytes` from the turn's budget.
+    fn charge(&mut self, cost: usize, bytes: usize) {
+        self.commands_left = self.commands_left.saturating_sub(cost);
+        self.bytes_left = self.bytes_left.saturating_sub(bytes);
+        if self.bytes_left == 0 {
+            self.commands_left = 0;
+        }
+    }
+}
+
+/// What a command takes of the turn's budget (`publish_to` is its channel
+/// when it is a publish): 1 for a publish, `OTHER_COMMAND_COST` for anything
+/// else; None when it is a publish that must wait for the next turn
+/// (`has_room`).
+fn cost(ctx: &Context, publish_to: Option<&[u8]>) -> Option<usize> {
+    match publish_to {
+        Some(channel) if !has_room(ctx, channel) => None,
+        Some(_) => Some(1),
+        None => Some(OTHER_COMMAND_COST),
+    }
+}
+
+/// The burst rule: whether a publish to `channel` may run in this turn.
+///
+/// A publisher runs what it pipelined, up to `BURST_COMMANDS_PER_TURN`
+/// publishes (other commands count `OTHER_COMMAND_COST` each) and
+/// `INPUT_BYTES_PER_TURN` bytes a turn, so a burst reaches the
+/// subscribers in one pass instead of one pass per 32 events. Each publish
+/// first asks its channel for room: it runs only while the channel can take
+/// more than `COMMANDS_PER_TURN` further events before its subscribers are
+/// written (`Channels::room`); otherwise the connection yields with the
+/// command unread and runs it once the loop has written the channel's
+/// subscribers.
+///
+/// Why it is safe:
+/// - A reader that was caught up when subscribers were last written finds
+///   its next event still held: its channel keeps the newest
+///   `max(MaxMessagesPerChannel, STREAM_FLOOR_EVENTS)` events, and until the
+///   next write publishers add at most that less `COMMANDS_PER_TURN`,
+///   whichever connections they come on, and the one source that does not
+///   ask (the UDP socket standalone, the Redis link in a cluster) at most
+///   `COMMANDS_PER_TURN`. So it is never dropped as a slow consumer because
+///   publishers were fast; only `MaxCachedBytes` eviction, or `SIGUSR1`
+///   emptying the caches in the middle of a burst, can still reach it.
+///   A reader whose socket is full is pinned as before, and one connection
+///   still brings at most `INPUT_BYTES_PER_TURN`, a quarter of what a reader
+///   is written per turn (`WRITE_BUDGET`).
+/// - No publisher starves the others: each runs at most its own budget per
+///   turn, and connections that yielded are driven in turn order, the first
+///   of one turn last in the next, so none keeps first pick of a channel's
+///   room.
+/// - No subscriber waits long: a turn holds at most one budget per
+///   connection (about a millisecond of work) before subscribers are written.
+fn has_room(ctx: &Context, channel: &[u8]) -> bool {
+    ctx.hub.channels.room(channel) > COMMANDS_PER_TURN
+}
+
+/// The channel a line of the line protocol publishes to, if it does.
+fn publish_target(line: &[u8]) -> Option<&[u8]> {
+    match parse(line.strip_suffix(b"\r").unwrap_or(line)) {
+        Some(Command::AddMessage { channel, .. }) => Some(channel),
+        _ => None,
     }
 }
 
@@ -357,15 +423,17 @@ impl Controller {
             if !self.awaiting.is_empty() && !line.starts_with(b"ADDMESSAGE") {
                 break;
             }
+            let target = publish_target(line).filter(|_| self.phase == Phase::Open);
+            let Some(cost) = cost(ctx, target) else {
+                // The rest of the burst goes next turn (`has_room`).
+                ctx.commands_left = 0;
+                break;
+            };
             self.lines += 1;
             self.last_command = ctx.now;
             // The time limit runs for each command from its first byte.
             self.partial_since = None;
-            ctx.commands_left -= 1;
-            ctx.bytes_left = ctx.bytes_left.saturating_sub(nl + 1);
-            if ctx.bytes_left == 0 {
-                ctx.commands_left = 0;
-            }
+            ctx.charge(cost, nl + 1);
             self.answer(line, ctx);
             used += nl + 1;
         }
@@ -485,16 +553,18 @@ impl Controller {
                 }
                 return;
             }
+            let target = http::publish_channel(&request).map(str::as_bytes);
+            let Some(cost) = cost(ctx, target) else {
+                // The rest of the burst goes next turn (`has_room`).
+                ctx.commands_left = 0;
+                return;
+            };
             self.continued = false;
             self.lines += 1;
             self.last_command = ctx.now;
             // The time limit runs for each command from its first byte.
             self.partial_since = None;
-            ctx.commands_left -= 1;
-            ctx.bytes_left = ctx.bytes_left.saturating_sub(head_len + body_len);
-            if ctx.bytes_left == 0 {
-                ctx.commands_left = 0;
-            }
+            ctx.charge(cost, head_len + body_len);
             let body = &self.partial[head_len..head_len + body_len];
             let close = match http::respond(&request, body, self.peer.ip(), ctx) {
                 Answer::Now(response, close) => {

@@ -322,7 +322,13 @@ impl Server {
     /// Writes new events: first to connections that yielded last turn, then
     /// to the subscribers of every channel published to since.
     fn flush(&mut self) {
-        for id in std::mem::take(&mut self.pending) {
+        let mut pending = std::mem::take(&mut self.pending);
+        // The first of last turn goes last: no publisher keeps first pick
+        // of a channel's room (`controller::has_room`).
+        if !pending.is_empty() {
+            pending.rotate_left(1);
+        }
+        for id in pending {
             if let Some(slot) = self.conns.get(id) {
                 slot.pending = false;
                 self.drive(id, true, false);

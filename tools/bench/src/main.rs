@@ -61,25 +61,29 @@ fn main() -> ExitCode {
     }
 }
 
-/// `compare LEFT RIGHT [--names A,B]`: side-by-side table of two JSON-lines result files.
+/// `compare A B [C ...] [--names a,b,c]`: side-by-side table of JSON-lines
+/// result files, the first one's ratio to each other.
 fn compare(args: &[String], program: &str) -> ExitCode {
     let mut files = Vec::new();
-    let mut names = ("left".to_string(), "right".to_string());
+    let mut names = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--names" {
-            if let Some((x, y)) = it.next().and_then(|v| v.split_once(',')) {
-                names = (x.to_string(), y.to_string());
+            if let Some(list) = it.next() {
+                names = list.split(',').map(str::to_string).collect();
             }
         } else {
             files.push(a.clone());
         }
     }
-    let [left, right] = files.as_slice() else {
-        eprintln!("usage: {program} compare LEFT.jsonl RIGHT.jsonl [--names A,B]");
+    if files.len() < 2 {
+        eprintln!("usage: {program} compare A.jsonl B.jsonl [C.jsonl ...] [--names a,b,c]");
         return ExitCode::from(2);
-    };
-    match report::compare(left, right, (&names.0, &names.1)) {
+    }
+    if names.len() != files.len() {
+        names = (1..=files.len()).map(|i| format!("file{i}")).collect();
+    }
+    match report::compare(&files, &names) {
         Ok(s) => {
             print!("{s}");
             ExitCode::SUCCESS

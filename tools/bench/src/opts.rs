@@ -73,7 +73,7 @@ pub struct Opts {
 pub fn usage(program: &str) -> String {
     let o = options();
     let brief = format!(
-        "Usage: {program} [options]\n       {program} compare LEFT.jsonl RIGHT.jsonl [--names A,B]\n\n\
+        "Usage: {program} [options]\n       {program} compare A.jsonl B.jsonl [C.jsonl ...] [--names a,b,c]\n\n\
          Opens N subscribers against a running Comet server, publishes M events, and reports\n\
          deliveries, losses, latency and (with --pid) the server's memory and CPU use.\n\
          Request templates take \\r \\n \\t escapes and {{host}} {{i}} {{channel}} {{next}} {{lastmod}} {{etag}}."

@@ -283,34 +283,37 @@ const HEADLINE: &[&str] = &[
     "error",
 ];
 
-/// One comparison row: both values, their ratio, and which side is better.
-fn row(out: &mut String, key: &str, va: &Val, vb: &Val) {
-    let ratio = match (va.num(), vb.num()) {
-        (Some(x), Some(y)) if y != 0.0 => format!("{:.2}", x / y),
-        _ => "-".into(),
-    };
-    let mark = match (va.num(), vb.num()) {
+/// One comparison row: every file's value, the first one's ratio to each
+/// other, and whether the first or the second is better.
+fn row(out: &mut String, key: &str, vals: &[Val]) {
+    let _ = write!(out, "  {:<34}", describe(key));
+    for v in vals {
+        let _ = write!(out, " {:>14}", v.human());
+    }
+    let first = vals.first().and_then(Val::num);
+    for v in &vals[1..] {
+        let ratio = match (first, v.num()) {
+            (Some(x), Some(y)) if y != 0.0 => format!("{:.2}", x / y),
+            _ => "-".into(),
+        };
+        let _ = write!(out, " {ratio:>9}");
+    }
+    let mark = match (first, vals.get(1).and_then(Val::num)) {
         // Inputs are equal by design; differences under 2 % are noise.
         (Some(x), Some(y)) if !is_input(key) && (x - y).abs() > 0.02 * x.abs().max(y.abs()) => {
-            let left_better = if lower_is_better(key) { x < y } else { x > y };
-            if left_better { " <" } else { " >" }
+            let first_better = if lower_is_better(key) { x < y } else { x > y };
+            if first_better { " <" } else { " >" }
         }
         _ => "",
     };
-    let _ = writeln!(
-        out,
-        "  {:<34} {:>14} {:>14} {:>9}{mark}",
-        describe(key),
-        va.human(),
-        vb.human(),
-        ratio
-    );
+    let _ = writeln!(out, "{mark}");
 }
 
-/// Prints LEFT and RIGHT result files (one JSON object per line) side by side, matched by
-/// label: a headline table first, then every figure.
-pub fn compare(left: &str, right: &str, names: (&str, &str)) -> Result<String, String> {
-    let load = |path: &str| -> Result<Vec<Report>, String> {
+/// Prints result files (one JSON object per line) side by side, matched by
+/// the first file's labels: a headline table first, then every figure.
+/// `names` labels the columns, one per file.
+pub fn compare(files: &[String], names: &[String]) -> Result<String, String> {
+    let load = |path: &String| -> Result<Vec<Report>, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
         Ok(text
             .lines()
@@ -318,49 +321,52 @@ pub fn compare(left: &str, right: &str, names: (&str, &str)) -> Result<String, S
             .filter_map(Report::from_json)
             .collect())
     };
-    let (a, b) = (load(left)?, load(right)?);
-    let pairs: Vec<(String, &Report, Option<&Report>)> = a
-        .iter()
-        .map(|ra| {
-            let label = ra.get("label").cloned().unwrap_or(Val::Null);
-            (
-                label.human(),
-                ra,
-                b.iter().find(|r| r.get("label") == Some(&label)),
-            )
-        })
-        .collect();
-    let header = format!(
-        "  {:<34} {:>14} {:>14} {:>9}\n",
-        "", names.0, names.1, "ratio"
-    );
+    let runs = files.iter().map(load).collect::<Result<Vec<_>, _>>()?;
+    let (Some(first), Some(_)) = (runs.first(), runs.get(1)) else {
+        return Err("compare needs at least two result files".into());
+    };
+    let mut header = format!("  {:<34}", "");
+    for name in names {
+        let _ = write!(header, " {name:>14}");
+    }
+    for name in &names[1..] {
+        let _ = write!(header, " {:>9}", format!("/{name}"));
+    }
+    header.push('\n');
     let mut out = String::from("\n######## headline figures ########\n");
     for full in [false, true] {
         if full {
             out.push_str("\n######## all figures ########\n");
         }
-        for (label, ra, rb) in &pairs {
-            let _ = write!(out, "\n== {label} ==\n{header}");
+        for report in first {
+            let label = report.get("label").cloned().unwrap_or(Val::Null);
+            let same: Vec<Option<&Report>> = runs
+                .iter()
+                .map(|run| run.iter().find(|r| r.get("label") == Some(&label)))
+                .collect();
+            let _ = write!(out, "\n== {} ==\n{header}", label.human());
             let keys: Vec<&str> = if full {
-                ra.fields.iter().map(|(k, _)| k.as_str()).collect()
+                report.fields.iter().map(|(k, _)| k.as_str()).collect()
             } else {
                 HEADLINE.to_vec()
             };
             for k in keys {
-                let va = ra.get(k).cloned().unwrap_or(Val::Null);
-                let vb = rb.and_then(|r| r.get(k)).cloned().unwrap_or(Val::Null);
-                if k == "label" || (va == Val::Null && vb == Val::Null) {
+                let vals: Vec<Val> = same
+                    .iter()
+                    .map(|r| r.and_then(|r| r.get(k)).cloned().unwrap_or(Val::Null))
+                    .collect();
+                if k == "label" || vals.iter().all(|v| *v == Val::Null) {
                     continue;
                 }
-                row(&mut out, k, &va, &vb);
+                row(&mut out, k, &vals);
             }
         }
     }
     let _ = writeln!(
         out,
-        "\nratio = {a} / {b}; '<' marks where {a} is better, '>' where {b} is.",
-        a = names.0,
-        b = names.1
+        "\n/<name> = {a} / <name>; '<' marks where {a} is better than {b}, '>' where {b} is.",
+        a = names[0],
+        b = names[1]
     );
     Ok(out)
 }
