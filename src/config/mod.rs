@@ -16,6 +16,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Duration;
 
 pub mod keys;
 mod man;
@@ -129,6 +130,9 @@ pub struct Mode {
     /// `KeepAlive`: replies that end by themselves carry their length and
     /// leave the connection open for the next request (HTTP/1.1).
     pub keep_alive: bool,
+    /// `PollBatchInterval`: the least time between two kept-alive replies
+    /// on one connection; zero when off.
+    pub poll_batch: Duration,
 }
 
 /// Bounds on what clients may send or hold (wire contract B2), each within
@@ -365,6 +369,7 @@ impl Reader<'_> {
             ws_channel_info: channel_info.clone().framed(Framing::WebSocket),
             websocket_only: self.flag(&WEBSOCKET_ONLY, mode)?,
             keep_alive: self.flag(&KEEP_ALIVE, mode)?,
+            poll_batch: Duration::from_millis(self.number(&POLL_BATCH_INTERVAL, mode)?),
             message: Rc::new(message),
             channel_info,
             ping: self.text(&PING_MESSAGE, mode),
