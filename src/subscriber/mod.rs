@@ -303,8 +303,11 @@ impl Subscriber {
 
     /// New events were published on one of its channels: writes them, or
     /// drops a subscriber waiting on its socket that has lost events.
+    /// A poll holding its events back (`PollBatchInterval`) is left alone:
+    /// it is pinned, and its timer sends them.
     pub fn flush(&mut self, ctx: &mut Context) -> Step {
         match &self.state {
+            State::Streaming(s) if s.hold_until.is_some_and(|t| ctx.now < t) => Step::Wait,
             State::Streaming(s) if s.blocked_since.is_none() => self.ready(ctx, false, false),
             State::Streaming(s) if s.lost_events(&ctx.hub.channels) => {
                 self.end_stream(ctx, Reason::SlowConsumer)
