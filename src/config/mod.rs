@@ -778,6 +778,23 @@ mod tests {
             "HeadTimeout: 0 is below the minimum of 1 second"
         );
         assert!(refusal("ListenBacklog", "0").starts_with("ListenBacklog: "));
+        assert_eq!(
+            refusal("PollBatchInterval.x", "60001"),
+            "PollBatchInterval.x: 60001 is above the maximum of 60000 ms"
+        );
+    }
+
+    #[test]
+    fn poll_batch_interval_is_in_milliseconds_per_mode() -> Result<(), ConfigError> {
+        let c = config(
+            "[x]
+PollBatchInterval 50
+",
+            &[],
+        )?;
+        assert_eq!(c.mode("x").poll_batch, Duration::from_millis(50));
+        assert_eq!(c.mode("other").poll_batch, Duration::ZERO);
+        Ok(())
     }
 
     #[test]
