@@ -471,3 +471,21 @@ fn a_trusted_proxy_reusing_one_connection_names_each_client() {
     }
     assert_eq!(ctl.stat("subscriber_connections_accepted"), 1);
 }
+
+#[test]
+fn a_held_poll_keeps_its_events_however_many_come_during_the_hold() {
+    // The channel caches 2 events: without the hold pinning its place in
+    // the channel's buffer, the 100 published during the hold would be
+    // trimmed under it and it would be dropped as a slow consumer.
+    let (s, mut ctl) = start_batched(60_000, &["-MaxTime.ka", "1", "-MaxMessagesPerChannel", "2"]);
+    let mut c = replied_once(&s, &mut ctl, "h");
+    let texts: Vec<String> = (2..=101).map(|i| format!("m{i}")).collect();
+    assert_eq!(ctl.add_many("a", &texts), (2..=101).collect::<Vec<u64>>());
+    let events: String = (2..=101).map(|i| format!("{i}:a:m{i}\n")).collect();
+    c.expect_within(
+        framed(&format!("a=1\n{events}"), "").as_bytes(),
+        Duration::from_secs(10),
+    );
+    c.send(get("/push/h/ka/a.r102", "").as_bytes());
+    assert_eq!(ctl.wait_count("a", 1, WAIT), 1);
+}
