@@ -786,12 +786,7 @@ mod tests {
 
     #[test]
     fn poll_batch_interval_is_in_milliseconds_per_mode() -> Result<(), ConfigError> {
-        let c = config(
-            "[x]
-PollBatchInterval 50
-",
-            &[],
-        )?;
+        let c = config("[x]\nPollBatchInterval 50\n", &[])?;
         assert_eq!(c.mode("x").poll_batch, Duration::from_millis(50));
         assert_eq!(c.mode("other").poll_batch, Duration::ZERO);
         Ok(())
