@@ -377,3 +377,149 @@ fn a_request_with_a_body_is_answered_and_closed_so_its_body_is_never_a_request()
     assert_eq!(h1_left(&logs), 2, "{logs:?}");
     assert!(!logs.iter().any(|l| l.contains("\th2\t")), "{logs:?}");
 }
+
+/// `start` with `PollBatchInterval` of `ms` for mode `ka`.
+fn start_batched(ms: u64, extra: &[&str]) -> (Server, Controller) {
+    let ms = ms.to_string();
+    let mut args = vec!["-PollBatchInterval.ka", ms.as_str()];
+    args.extend_from_slice(extra);
+    start(&args)
+}
+
+/// A connection whose first reply (never held) is out, holding event 1
+/// (`one`) of channel `a`, and whose next poll (`a.r2`) waits.
+fn replied_once(s: &Server, ctl: &mut Controller, hostid: &str) -> Conn {
+    let mut c = s.connect_sub();
+    c.send(get(&format!("/push/{hostid}/ka/a.r1"), "").as_bytes());
+    assert_eq!(ctl.wait_count("a", 1, WAIT), 1);
+    assert_eq!(ctl.add("a", "one"), 1);
+    c.expect_str(&framed("a=0\n1:a:one\n", ""));
+    c.send(get(&format!("/push/{hostid}/ka/a.r2"), "").as_bytes());
+    assert_eq!(ctl.wait_count("a", 1, WAIT), 1);
+    c
+}
+
+#[test]
+fn events_within_the_batch_interval_go_out_in_one_reply() {
+    // 5 s: the events below are published well within it however loaded
+    // the machine is, and the reply comes well within the read timeout.
+    let (s, mut ctl) = start_batched(5000, &[]);
+    let mut c = replied_once(&s, &mut ctl, "h");
+    // Published one at a time, right after the first reply: held back.
+    assert_eq!(ctl.add("a", "two"), 2);
+    c.expect_silence(Duration::from_secs(1));
+    assert_eq!(ctl.add("a", "three"), 3);
+    assert_eq!(ctl.add("b", "elsewhere"), 4);
+    assert_eq!(ctl.add("a", "four"), 5);
+    // Once the interval has passed: all of them, whole, in one reply.
+    c.expect_within(
+        framed("a=1\n2:a:two\n3:a:three\n5:a:four\n", "").as_bytes(),
+        Duration::from_secs(15),
+    );
+    c.expect_silence(Duration::from_millis(200));
+    // The connection goes on.
+    c.send(get("/push/h/ka/a.r6", "").as_bytes());
+    assert_eq!(ctl.wait_count("a", 1, WAIT), 1);
+}
+
+#[test]
+fn an_event_after_a_quiet_batch_interval_goes_out_at_once() {
+    // 3 s: an event published after it is answered within 2 s, which a
+    // reply held for the interval could not be.
+    let (s, mut ctl) = start_batched(3000, &[]);
+    let mut c = replied_once(&s, &mut ctl, "h");
+    c.expect_silence(Duration::from_millis(3500));
+    assert_eq!(ctl.add("a", "two"), 2);
+    c.expect_within(
+        framed("a=1\n2:a:two\n", "").as_bytes(),
+        Duration::from_secs(2),
+    );
+}
+
+#[test]
+fn shutdown_during_a_hold_sends_the_held_events_and_the_goodbye() {
+    let (mut s, mut ctl) = start_batched(60_000, &[]);
+    let mut c = replied_once(&s, &mut ctl, "h");
+    assert_eq!(ctl.add("a", "two"), 2);
+    assert_eq!(ctl.add("a", "three"), 3);
+    c.expect_silence(Duration::from_millis(300));
+    s.signal("TERM");
+    c.expect_str(&framed(
+        "a=1\n2:a:two\n3:a:three\nBYE\n",
+        "Connection: close\r\n",
+    ));
+    c.expect_eof();
+    s.expect_exit(Duration::from_secs(10));
+}
+
+#[test]
+fn a_hostid_replaced_during_a_hold_gets_its_held_events_and_the_goodbye() {
+    let (s, mut ctl) = start_batched(60_000, &[]);
+    let mut c = replied_once(&s, &mut ctl, "h");
+    assert_eq!(ctl.add("a", "two"), 2);
+    assert_eq!(ctl.add("a", "three"), 3);
+    c.expect_silence(Duration::from_millis(300));
+    // A new connection with hostid h: its first reply is not held.
+    let mut d = s.connect_sub();
+    d.send(get("/push/h/ka/a.r2", "").as_bytes());
+    c.expect_str(&framed(
+        "a=1\n2:a:two\n3:a:three\nBYE\n",
+        "Connection: close\r\n",
+    ));
+    c.expect_eof();
+    d.expect_str(&framed("a=3\n2:a:two\n3:a:three\n", ""));
+}
+
+#[test]
+fn max_time_ends_a_hold_with_the_held_events() {
+    let (s, mut ctl) = start_batched(60_000, &["-MaxTime.ka", "1"]);
+    let mut c = replied_once(&s, &mut ctl, "h");
+    assert_eq!(ctl.add("a", "two"), 2);
+    // Within the read timeout: MaxTime is 1 s, the interval a minute.
+    c.expect_within(
+        framed("a=1\n2:a:two\n", "").as_bytes(),
+        Duration::from_secs(10),
+    );
+    // A client that closes during a hold is cleaned up.
+    c.send(get("/push/h/ka/a.r3", "").as_bytes());
+    assert_eq!(ctl.wait_count("a", 1, WAIT), 1);
+    assert_eq!(ctl.add("a", "three"), 3);
+    drop(c);
+    assert_eq!(ctl.wait_count("a", 0, WAIT), 0);
+    assert_eq!(ctl.wait_stat("current_subscribers", WAIT, |n| n == 0), 0);
+}
+
+#[test]
+fn a_trusted_proxy_reusing_one_connection_names_each_client() {
+    let (s, mut ctl) = start(&["-TrustedProxies", "127.0.0.2"]);
+    ctl.add("a", "one");
+    let mut c = connect_from(s.sub_addr, std::net::Ipv4Addr::new(127, 0, 0, 2));
+    for (hostid, client) in [("k1", "203.0.113.1"), ("k2", "203.0.113.2")] {
+        let xff = format!("X-Forwarded-For: {client}\r\n");
+        c.send(get(&format!("/push/{hostid}/ka/a.h"), &xff).as_bytes());
+        c.expect_str(&framed("a=1\n1:a:one\n", ""));
+        let line = s.wait_log(WAIT, |l| {
+            l.contains(&format!("joinchannel\t{client}\t{hostid}\t"))
+        });
+        assert!(line.is_some(), "{hostid} from {client}: {:#?}", s.logs());
+    }
+    assert_eq!(ctl.stat("subscriber_connections_accepted"), 1);
+}
+
+#[test]
+fn a_held_poll_keeps_its_events_however_many_come_during_the_hold() {
+    // The channel caches 2 events: without the hold pinning its place in
+    // the channel's buffer, the 100 published during the hold would be
+    // trimmed under it and it would be dropped as a slow consumer.
+    let (s, mut ctl) = start_batched(60_000, &["-MaxTime.ka", "1", "-MaxMessagesPerChannel", "2"]);
+    let mut c = replied_once(&s, &mut ctl, "h");
+    let texts: Vec<String> = (2..=101).map(|i| format!("m{i}")).collect();
+    assert_eq!(ctl.add_many("a", &texts), (2..=101).collect::<Vec<u64>>());
+    let events: String = (2..=101).map(|i| format!("{i}:a:m{i}\n")).collect();
+    c.expect_within(
+        framed(&format!("a=1\n{events}"), "").as_bytes(),
+        Duration::from_secs(10),
+    );
+    c.send(get("/push/h/ka/a.r102", "").as_bytes());
+    assert_eq!(ctl.wait_count("a", 1, WAIT), 1);
+}

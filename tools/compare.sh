@@ -12,6 +12,7 @@
 #        SCALE=10 tools/compare.sh   subscriber counts divided by 10 (quick check)
 #        ONLY=meteord|nchan|ideal    run one server only
 #        SCENARIOS_MATCH=regex       run only the scenarios whose label matches (e.g. 'burst|rate-10k')
+#        POLL_BATCH_INTERVAL=ms      PollBatchInterval of the kept-alive long-poll mode (benchka)
 #        BASELINE=/path/to/meteord   also run an older meteord build ("before"), scenario by
 #                                    scenario beside the current one, for before/after figures
 # The table has a column per server run (meteord, before, nchan, ideal) and meteord's ratio
@@ -107,6 +108,7 @@ MessageTemplate ~id~ ~text~\n
 Persist 1
 MaxMessages 1
 KeepAlive 1
+PollBatchInterval 50
 
 # WebSocket subscribers (meteor-bench --websocket): the same line per event, one text frame each.
 [benchws]
@@ -118,7 +120,10 @@ CONF
 
 # The BASELINE build may predate the WebSocket keys and KeepAlive: it gets the rest (its
 # benchka mode then closes after each reply, as benchlp does).
-sed -e '/^# WebSocket subscribers/,$d' -e '/^KeepAlive /d' "$TMP/meteord.conf" >"$TMP/baseline.conf"
+if [ -n "${POLL_BATCH_INTERVAL:-}" ]; then
+    sed -i "s/^PollBatchInterval .*/PollBatchInterval $POLL_BATCH_INTERVAL/" "$TMP/meteord.conf"
+fi
+sed -e '/^# WebSocket subscribers/,$d' -e '/^KeepAlive /d' -e '/^PollBatchInterval /d' "$TMP/meteord.conf" >"$TMP/baseline.conf"
 
 # Starts meteord on ephemeral ports; sets SERVER_PID, SUB_PORT, CTL_PORT.
 start_meteord() {

@@ -39,6 +39,7 @@ pub enum Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
     Seconds,
+    Milliseconds,
     Bytes,
     /// Connections, lines, messages, a port: no word after the number.
     Plain,
@@ -51,6 +52,7 @@ impl Unit {
             Unit::Seconds if n == MAX_SECONDS => format!("{n} seconds (10 years)"),
             Unit::Seconds if n == 1 => "1 second".to_owned(),
             Unit::Seconds => format!("{n} seconds"),
+            Unit::Milliseconds => format!("{n} ms"),
             Unit::Bytes if n == 1 => "1 byte".to_owned(),
             Unit::Bytes => format!("{n} bytes"),
             Unit::Plain => n.to_string(),
@@ -435,6 +437,17 @@ keys! {
         scope: Scope::Mode,
         kind: Kind::Text,
         help: "Sent to persistent subscribers every PingInterval",
+    };
+    POLL_BATCH_INTERVAL = Key {
+        name: "PollBatchInterval",
+        default: "0",
+        scope: Scope::Mode,
+        kind: Kind::Number {
+            min: 0,
+            max: 60_000,
+            unit: Unit::Milliseconds,
+        },
+        help: "Least milliseconds between two replies on one kept-alive connection (KeepAlive, Persist 1): a poll that comes sooner holds its events back until then and answers with all of them; an event after a quiet interval goes out at once (0: off)",
     };
     PRIVATE_CHANNELS = Key {
         name: "PrivateChannels",

@@ -16,6 +16,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Duration;
 
 pub mod keys;
 mod man;
@@ -129,6 +130,9 @@ pub struct Mode {
     /// `KeepAlive`: replies that end by themselves carry their length and
     /// leave the connection open for the next request (HTTP/1.1).
     pub keep_alive: bool,
+    /// `PollBatchInterval`: the least time between two kept-alive replies
+    /// on one connection; zero when off.
+    pub poll_batch: Duration,
 }
 
 /// Bounds on what clients may send or hold (wire contract B2), each within
@@ -365,6 +369,7 @@ impl Reader<'_> {
             ws_channel_info: channel_info.clone().framed(Framing::WebSocket),
             websocket_only: self.flag(&WEBSOCKET_ONLY, mode)?,
             keep_alive: self.flag(&KEEP_ALIVE, mode)?,
+            poll_batch: Duration::from_millis(self.number(&POLL_BATCH_INTERVAL, mode)?),
             message: Rc::new(message),
             channel_info,
             ping: self.text(&PING_MESSAGE, mode),
@@ -773,6 +778,18 @@ mod tests {
             "HeadTimeout: 0 is below the minimum of 1 second"
         );
         assert!(refusal("ListenBacklog", "0").starts_with("ListenBacklog: "));
+        assert_eq!(
+            refusal("PollBatchInterval.x", "60001"),
+            "PollBatchInterval.x: 60001 is above the maximum of 60000 ms"
+        );
+    }
+
+    #[test]
+    fn poll_batch_interval_is_in_milliseconds_per_mode() -> Result<(), ConfigError> {
+        let c = config("[x]\nPollBatchInterval 50\n", &[])?;
+        assert_eq!(c.mode("x").poll_batch, Duration::from_millis(50));
+        assert_eq!(c.mode("other").poll_batch, Duration::ZERO);
+        Ok(())
     }
 
     #[test]

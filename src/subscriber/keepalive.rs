@@ -24,6 +24,8 @@ pub struct KeepAlive {
     /// Close once the reply is out, for this reason (a kick, or more input
     /// arrived than can be kept).
     pub close_after: Option<Reason>,
+    /// Sent after the reply's events (a shutdown message): part of its length.
+    pub tail: Vec<u8>,
 }
 
 /// Whether a request's reply keeps its connection: the mode says so, its
@@ -53,13 +55,15 @@ impl KeepAlive {
                 body,
                 framed: false,
                 close_after: None,
+                tail: Vec::new(),
             })
         })
     }
 
     /// Announces the length of the reply: `out` is the unsent rendered
-    /// header, `extra` bytes appended to it (a shutdown message, in a reply
-    /// without events), `events` the bytes of events to follow.
+    /// header, `events` the bytes of events to follow, `extra` the bytes
+    /// that end the reply (a shutdown message): appended to `out` when
+    /// there are no events, else kept in `tail` for after them.
     /// `Connection: close` is added when the connection closes after it.
     pub fn frame(&mut self, out: &mut Vec<u8>, events: u64, extra: &[u8]) {
         let length = (out.len() - self.body) as u64 + events + extra.len() as u64;
@@ -68,8 +72,16 @@ impl KeepAlive {
             fields.push_str("Connection: close\r\n");
         }
         out.splice(self.blank..self.blank, fields.into_bytes());
-        out.extend_from_slice(extra);
+        match events {
+            0 => out.extend_from_slice(extra),
+            _ => self.tail = extra.to_vec(),
+        }
         self.framed = true;
+    }
+
+    /// The bytes to send after the events, once.
+    pub fn take_tail(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.tail)
     }
 
     /// Reads what the client sends while its reply is pending, keeping up

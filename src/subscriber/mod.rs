@@ -40,6 +40,9 @@ pub struct Subscriber {
     pub socket: TcpStream,
     /// Its peer, and the client behind it once a trusted proxy named one.
     pub peer: Peer,
+    /// When the last kept-alive reply on this connection went out: the
+    /// next poll holds its events until `PollBatchInterval` after it.
+    replied: Option<Instant>,
     state: State,
 }
 
@@ -229,6 +232,7 @@ impl Subscriber {
         Subscriber {
             socket,
             peer: Peer::new(peer),
+            replied: None,
             state: State::Head(Head::new(
                 Vec::new(),
                 now + Duration::from_secs(head_timeout),
@@ -247,7 +251,10 @@ impl Subscriber {
                 let stall = s
                     .blocked_since
                     .map(|t| t + Duration::from_secs(write_timeout));
-                [s.next_ping, s.ends_at, stall].into_iter().flatten().min()
+                [s.next_ping, s.ends_at, stall, s.hold_until]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
         }
     }
@@ -296,8 +303,11 @@ impl Subscriber {
 
     /// New events were published on one of its channels: writes them, or
     /// drops a subscriber waiting on its socket that has lost events.
+    /// A poll holding its events back (`PollBatchInterval`) is left alone:
+    /// it is pinned, and its timer sends them.
     pub fn flush(&mut self, ctx: &mut Context) -> Step {
         match &self.state {
+            State::Streaming(s) if s.hold_until.is_some_and(|t| ctx.now < t) => Step::Wait,
             State::Streaming(s) if s.blocked_since.is_none() => self.ready(ctx, false, false),
             State::Streaming(s) if s.lost_events(&ctx.hub.channels) => {
                 self.end_stream(ctx, Reason::SlowConsumer)
@@ -433,6 +443,10 @@ impl Subscriber {
             State::Idle(i) if i.deadline <= now => return Step::Close(Reason::IdleTimeout),
             State::Reply(r) if r.deadline <= now => return Step::Close(Reason::WriteTimeout),
             State::Streaming(s) => {
+                // A held poll answers now with what came meanwhile, if any.
+                if s.hold_until.is_some_and(|t| t <= now) {
+                    s.hold_until = None;
+                }
                 if s.ends_at.is_some_and(|t| t <= now) {
                     if s.ends_by_token {
                         return self.kick(ctx, Reason::TokenExpired);
@@ -494,7 +508,7 @@ impl Subscriber {
             State::Streaming(s) => s,
         };
         let mode = Rc::clone(&s.mode);
-        let mut farewell = if mode.persist {
+        let farewell = if mode.persist {
             &mode.shutdown[..]
         } else {
             b""
@@ -502,13 +516,13 @@ impl Subscriber {
         if let Some(keep) = &mut s.keep {
             keep.close_after = Some(reason);
             // A kept-alive reply whose length is announced goes out whole,
-            // then the connection closes; one not yet framed is the
-            // goodbye alone.
-            if keep.framed {
-                return self.ready(ctx, false, false);
+            // then the connection closes; one not yet framed carries every
+            // event there is (a poll holding them back by
+            // `PollBatchInterval` has some), then the goodbye.
+            if !keep.framed {
+                s.frame(&ctx.hub.channels, true, farewell);
             }
-            s.frame(&ctx.hub.channels, false, farewell);
-            farewell = b"";
+            return self.ready(ctx, false, false);
         }
         // Unsent header or ping, the rest of a half-written event, goodbye.
         let channels = &mut ctx.hub.channels;
@@ -637,6 +651,7 @@ impl Subscriber {
             reason,
         );
         let next = s.keep.take().map(|k| k.next).unwrap_or_default();
+        self.replied = Some(ctx.now);
         let limits = &ctx.config.limits;
         self.state = if next.is_empty() {
             State::Idle(Idle {
@@ -934,6 +949,14 @@ impl Subscriber {
             (None, Some(token)) => (Some(token), true),
             (max_time, _) => (max_time, false),
         };
+        // A poll that comes sooner than `PollBatchInterval` after its
+        // connection's last reply holds its events until then. A
+        // non-persistent one answers at once: it takes no new events.
+        let hold_until = self
+            .replied
+            .filter(|_| keep.is_some() && mode.persist)
+            .map(|at| at + mode.poll_batch)
+            .filter(|&at| at > ctx.now);
         self.state = State::Streaming(Streaming {
             hostid: hostid.into(),
             // A ping would be part of a kept-alive reply's body.
@@ -956,6 +979,7 @@ impl Subscriber {
             bytes: 0,
             ws: accept.map(|_| Box::new(WsInput::new(ctx.now))),
             frame_left: 0,
+            hold_until,
             keep,
         });
     }

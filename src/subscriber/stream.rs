@@ -62,6 +62,10 @@ pub struct Streaming {
     /// Set when the connection stays open for another request after this
     /// reply: the reply then carries its length.
     pub keep: Option<Box<KeepAlive>>,
+    /// A kept-alive poll holds its events back until then
+    /// (`PollBatchInterval` after its connection's last reply), so that
+    /// they go out together; None once its reply is framed.
+    pub hold_until: Option<Instant>,
 }
 
 /// The next run of bytes to send from one cursor.
@@ -103,13 +107,14 @@ impl Streaming {
 
     /// Pins its cursors while its socket is full, so that the channels keep
     /// what it has yet to receive; unpins them once it writes freely.
+    /// A poll holding its events back is pinned the same way.
     pub fn pin(&mut self, channels: &mut Channels) {
-        let blocked = self.blocked_since.is_some();
-        if blocked || self.pinned {
+        let behind = self.blocked_since.is_some() || self.hold_until.is_some();
+        if behind || self.pinned {
             for cursor in &self.cursors {
-                channels.pin(cursor, blocked);
+                channels.pin(cursor, behind);
             }
-            self.pinned = blocked;
+            self.pinned = behind;
         }
     }
 
@@ -199,8 +204,7 @@ impl Streaming {
     /// Fixes what a kept-alive reply sends, announces its length and ends
     /// it there: with `events`, every event its channels hold now (the
     /// backlog, or what came while it waited: whole, like a backlog, however
-    /// many); else none, and `extra` (a shutdown message) after the head's
-    /// channel info.
+    /// many); else none. `extra` (a shutdown message) ends the reply.
     pub fn frame(&mut self, channels: &Channels, events: bool, extra: &[u8]) {
         let mut bytes = 0;
         for cursor in &mut self.cursors {
@@ -215,6 +219,7 @@ impl Streaming {
         }
         // The reply ends where its events do, whatever `MaxMessages` says.
         self.limit = 0;
+        self.hold_until = None;
         if let Some(keep) = &mut self.keep {
             keep.frame(&mut self.out, bytes, extra);
         }
@@ -241,6 +246,9 @@ impl Streaming {
             if self.mode.persist && self.next_chunk(channels).is_none() {
                 return Step::Wait;
             }
+            if self.hold_until.is_some_and(|t| now < t) {
+                return Step::Wait;
+            }
             self.frame(channels, true, b"");
         }
         let mut budget = WRITE_BUDGET;
@@ -261,6 +269,15 @@ impl Streaming {
                 match chunk {
                     _ if limit_reached => return Step::Close(Reason::MaxMessages),
                     None if self.mode.persist && self.keep.is_none() => return Step::Wait,
+                    // A kept-alive reply's shutdown message follows its events.
+                    None if self.keep.as_ref().is_some_and(|k| !k.tail.is_empty()) => {
+                        self.out = self
+                            .keep
+                            .as_mut()
+                            .map(|k| k.take_tail())
+                            .unwrap_or_default();
+                        continue;
+                    }
                     None => return Step::Close(Reason::ResponseComplete),
                     Some(_) => {}
                 }
