@@ -111,6 +111,9 @@ fn main() {
         Ok(pid_file) => pid_file,
         Err(e) => {
             info!("{e}");
+            if let Some(detached) = detached {
+                detached.fail(&e);
+            }
             die(&e)
         }
     };

@@ -33,8 +33,10 @@ pub fn raise_fd_limit() -> usize {
 /// Detaches into the background: forks, starts a new session and points
 /// the standard streams at /dev/null. The parent waits until the child calls
 /// `Detached::ready` (after writing its pid file), then exits 0, so that a
-/// supervisor that reads the pid file when the parent is gone finds it.
-/// Only call this before any thread exists.
+/// supervisor that reads the pid file when the parent is gone finds it. A
+/// child that fails first (`Detached::fail`) sends its reason, which the
+/// parent prints on its standard error before it exits 1, so the operator
+/// at the terminal sees why. Only call this before any thread exists.
 pub fn detach() -> io::Result<Detached> {
     let mut fds = [0; 2];
     // SAFETY: pipe() fills the two-element array we pass.
@@ -49,9 +51,18 @@ pub fn detach() -> io::Result<Detached> {
         0 => {}
         _ => unsafe {
             libc::close(write_end);
-            let mut byte = 0u8;
-            let ok = libc::read(read_end, (&mut byte as *mut u8).cast(), 1) == 1;
-            libc::_exit(if ok { 0 } else { 1 })
+            let mut reply = [0u8; 1024];
+            let n = libc::read(read_end, reply.as_mut_ptr().cast(), reply.len());
+            let n = usize::try_from(n).unwrap_or(0);
+            if n >= 1 && reply[0] == READY {
+                libc::_exit(0)
+            }
+            let reason: &[u8] = match reply.get(1..n) {
+                Some(reason) if !reason.is_empty() => reason,
+                _ => b"meteord: the detached server ended during start-up (see its log)\n",
+            };
+            libc::write(2, reason.as_ptr().cast(), reason.len());
+            libc::_exit(1)
         },
     }
     // SAFETY: plain system calls on our own process and descriptors.
@@ -76,12 +87,30 @@ pub fn detach() -> io::Result<Detached> {
 /// The detached child's way to let its parent exit.
 pub struct Detached(libc::c_int);
 
+/// The first byte the child sends: start-up is complete. Anything else is
+/// followed by the reason it failed.
+const READY: u8 = 1;
+const FAILED: u8 = 0;
+
 impl Detached {
     /// Tells the waiting parent that start-up is complete.
     pub fn ready(self) {
-        // SAFETY: writes one byte to, then closes, the pipe end we own.
+        self.send(&[READY]);
+    }
+
+    /// Tells the waiting parent why start-up failed, for it to print.
+    pub fn fail(self, reason: &dyn std::fmt::Display) {
+        let mut message = vec![FAILED];
+        message.extend_from_slice(format!("meteord: {reason}\n").as_bytes());
+        message.truncate(1024);
+        self.send(&message);
+    }
+
+    fn send(self, bytes: &[u8]) {
+        // SAFETY: writes our own buffer to, then closes, the pipe end we
+        // own; a pipe takes up to PIPE_BUF (4096) bytes at once.
         unsafe {
-            libc::write(self.0, [1u8].as_ptr().cast(), 1);
+            libc::write(self.0, bytes.as_ptr().cast(), bytes.len());
             libc::close(self.0);
         }
     }

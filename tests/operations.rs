@@ -1813,6 +1813,46 @@ fn detaches_writes_a_pid_file_and_sigterm_removes_it() {
 }
 
 #[test]
+fn a_detaching_server_that_cannot_write_its_pid_file_says_why_on_the_terminal() {
+    let dir = TempDir::new("detachfail");
+    let syslog = Syslog::bind(dir.join("log.sock"));
+    let conf = dir.join("c.conf");
+    std::fs::write(&conf, TEST_CONF).unwrap();
+    let pid_path = dir.join("missing-dir").join("meteord.pid");
+    let args = syslog_args(
+        &conf,
+        &dir.path,
+        &syslog.path,
+        &["-PidFile", &pid_path.display().to_string()],
+    );
+    let mut parent = piped_stderr_command(binary(), &args, &dir.path)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    eventually(WAIT, || {
+        status = parent.try_wait().unwrap();
+        status.is_some()
+    });
+    let Some(status) = status else {
+        let _ = parent.kill();
+        panic!("the parent did not exit within {WAIT:?}");
+    };
+    assert_eq!(status.code(), Some(1), "parent exit status");
+    let mut err = String::new();
+    parent
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains("cannot write pid file") && err.contains("missing-dir"),
+        "the parent's standard error: {err:?}"
+    );
+}
+
+#[test]
 fn foreground_1_with_syslog_does_not_detach() {
     let dir = TempDir::new("fg");
     let syslog = Syslog::bind(dir.join("log.sock"));
