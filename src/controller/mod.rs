@@ -177,13 +177,6 @@ fn has_room(ctx: &Context, channel: &[u8]) -> bool {
     ctx.hub.channels.room(channel) > COMMANDS_PER_TURN
 }
 
-/// The channel a line of the line protocol publishes to, if it does.
-fn publish_target(line: &[u8]) -> Option<&[u8]> {
-    match parse(line.strip_suffix(b"\r").unwrap_or(line)) {
-        Some(Command::AddMessage { channel, .. }) => Some(channel),
-        _ => None,
-    }
-}
 
 impl Controller {
     /// A new connection; `locked` when it must send `AUTH` first.
@@ -423,7 +416,13 @@ impl Controller {
             if !self.awaiting.is_empty() && !line.starts_with(b"ADDMESSAGE") {
                 break;
             }
-            let target = publish_target(line).filter(|_| self.phase == Phase::Open);
+            let command = parse(line.strip_suffix(b"\r").unwrap_or(line));
+            let target = match command {
+                Some(Command::AddMessage { channel, .. }) if self.phase == Phase::Open => {
+                    Some(channel)
+                }
+                _ => None,
+            };
             let Some(cost) = cost(ctx, target) else {
                 // The rest of the burst goes next turn (`has_room`).
                 ctx.commands_left = 0;
@@ -434,7 +433,7 @@ impl Controller {
             // The time limit runs for each command from its first byte.
             self.partial_since = None;
             ctx.charge(cost, nl + 1);
-            self.answer(line, ctx);
+            self.answer(line.len(), command, ctx);
             used += nl + 1;
         }
         input.drain(..used);
@@ -632,15 +631,14 @@ impl Controller {
         }
     }
 
-    /// Executes one line and queues its reply.
-    fn answer(&mut self, line: &[u8], ctx: &mut Context) {
-        if line.len() > ctx.config.limits.controller_line_bytes {
+    /// Executes one line (`line_len` bytes, parsed into `command`) and
+    /// queues its reply.
+    fn answer(&mut self, line_len: usize, command: Option<Command>, ctx: &mut Context) {
+        if line_len > ctx.config.limits.controller_line_bytes {
             self.reply(ctx.stats, b"ERR Line too long\r\n");
             self.phase = Phase::Closing(Reason::LineTooLong);
             return;
         }
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let command = parse(line);
         if self.phase == Phase::Locked {
             let ip = self.peer.ip();
             match (command, ctx.config.controller_password.as_deref()) {
