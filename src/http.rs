@@ -113,6 +113,14 @@ impl Head {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Whether a `Connection` header lists `option` (a comma-separated
+    /// list, without ASCII case: RFC 9110 7.6.1), e.g. `close`.
+    pub fn connection_has(&self, option: &str) -> bool {
+        self.values("Connection")
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim_matches([' ', '\t']).eq_ignore_ascii_case(option))
+    }
+
     /// The forwarding headers, every line in order (see `proxies`).
     pub fn forwarding(&self) -> Forwarding {
         let all = |name| self.values(name).map(str::to_owned).collect();
@@ -243,10 +251,7 @@ pub fn parse_head(head: &[u8], max_headers: usize) -> Result<RequestHead, HttpEr
         key: all("Sec-WebSocket-Key"),
         version: all("Sec-WebSocket-Version"),
     };
-    let close = head
-        .values("Connection")
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("close"));
+    let close = head.connection_has("close");
     // Request bodies are never read, so the bytes after such a head could
     // be taken for a next request (smuggled past a proxy that pools its
     // connections to us): a request that announces a body is answered and

@@ -390,3 +390,29 @@ fn a_body_near_the_limit_is_answered_and_a_vanished_client_freed() {
     });
     assert!(freed, "the vanished client's connection is still open");
 }
+
+#[test]
+fn connection_is_a_list_of_options_on_the_controller_port() {
+    let s = Server::start(&[], "");
+    // `close` anywhere in the list (any case, any header line) closes.
+    for connection in [
+        "Connection: keep-alive, Close\r\n",
+        "Connection: TE\r\nConnection: close\r\n",
+    ] {
+        let raw = format!("POST /pub/x HTTP/1.1\r\n{LOCAL}{connection}Content-Length: 1\r\n\r\na");
+        let reply = send_all(&s, &raw);
+        assert!(
+            reply.contains("Connection: close\r\n") && reply.ends_with("}\n"),
+            "{connection:?}: {reply:?}"
+        );
+    }
+    // HTTP/1.0 stays open when `keep-alive` is listed among other options.
+    let mut c = Conn::connect(s.ctl_addr);
+    let raw = format!(
+        "POST /pub/x HTTP/1.0\r\n{LOCAL}Connection: TE, Keep-Alive\r\nContent-Length: 1\r\n\r\nb"
+    );
+    c.send(raw.as_bytes());
+    c.expect_str(&published(3, "", false));
+    c.send(post("x", LOCAL, "c").as_bytes());
+    c.expect_str(&published(4, "", true));
+}

@@ -153,10 +153,8 @@ pub fn parse_request(head: &[u8], max_headers: usize) -> Result<ControlRequest, 
             }
         }
     }
-    let connection = head
-        .header("Connection")
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let close =
+        head.connection_has("close") || (head.version == 0 && !head.connection_has("keep-alive"));
     Ok(ControlRequest {
         forwarding: head.forwarding(),
         host,
@@ -165,7 +163,7 @@ pub fn parse_request(head: &[u8], max_headers: usize) -> Result<ControlRequest, 
         content_length,
         // RFC 9110 10.1.1: an HTTP/1.0 client cannot take a 100 response.
         expect_continue: expect_continue && head.version >= 1,
-        close: connection == "close" || (head.version == 0 && connection != "keep-alive"),
+        close,
         version: head.version,
         method: head.method,
         path: head.target,

@@ -177,7 +177,6 @@ fn has_room(ctx: &Context, channel: &[u8]) -> bool {
     ctx.hub.channels.room(channel) > COMMANDS_PER_TURN
 }
 
-
 impl Controller {
     /// A new connection; `locked` when it must send `AUTH` first.
     pub fn new(socket: TcpStream, peer: SocketAddr, locked: bool, now: Instant) -> Controller {
