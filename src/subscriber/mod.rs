@@ -458,7 +458,7 @@ impl Subscriber {
                     // being written finishes) and waits for the next request.
                     s.ends_at = None;
                     if s.unframed() {
-                        s.frame(&ctx.hub.channels, true, b"");
+                        s.frame(&ctx.hub.channels, b"");
                     }
                 }
                 let stall = Duration::from_secs(ctx.config.limits.write_timeout);
@@ -520,7 +520,7 @@ impl Subscriber {
             // event there is (a poll holding them back by
             // `PollBatchInterval` has some), then the goodbye.
             if !keep.framed {
-                s.frame(&ctx.hub.channels, true, farewell);
+                s.frame(&ctx.hub.channels, farewell);
             }
             return self.ready(ctx, false, false);
         }

@@ -202,19 +202,16 @@ impl Streaming {
     }
 
     /// Fixes what a kept-alive reply sends, announces its length and ends
-    /// it there: with `events`, every event its channels hold now (the
-    /// backlog, or what came while it waited: whole, like a backlog, however
-    /// many); else none. `extra` (a shutdown message) ends the reply.
-    pub fn frame(&mut self, channels: &Channels, events: bool, extra: &[u8]) {
+    /// it there: every event its channels hold now (the backlog, or what
+    /// came while it waited: whole, like a backlog, however many), then
+    /// `extra` (a shutdown message).
+    pub fn frame(&mut self, channels: &Channels, extra: &[u8]) {
         let mut bytes = 0;
         for cursor in &mut self.cursors {
             let head = channels
                 .get(cursor.channel)
                 .map_or(cursor.pos, |c| c.stream(cursor.stream).head());
-            cursor.end = match events {
-                true => cursor.end.min(head).max(cursor.pos),
-                false => cursor.pos,
-            };
+            cursor.end = cursor.end.min(head).max(cursor.pos);
             bytes += cursor.end - cursor.pos;
         }
         // The reply ends where its events do, whatever `MaxMessages` says.
@@ -249,7 +246,7 @@ impl Streaming {
             if self.hold_until.is_some_and(|t| now < t) {
                 return Step::Wait;
             }
-            self.frame(channels, true, b"");
+            self.frame(channels, b"");
         }
         let mut budget = WRITE_BUDGET;
         loop {
