@@ -1725,6 +1725,20 @@ fn unreachable_syslog_socket_keeps_the_server_in_the_foreground_on_stderr() {
     assert_eq!(Controller::connect(ctl).add("a", "x"), 1);
 }
 
+/// The exit status of the command that starts a detaching server (the
+/// parent, which waits until the server is up or has failed).
+fn parent_exit(parent: &mut std::process::Child) -> std::process::ExitStatus {
+    let mut status = None;
+    eventually(WAIT, || {
+        status = parent.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap_or_else(|| {
+        let _ = parent.kill();
+        panic!("the parent did not exit within {WAIT:?}");
+    })
+}
+
 #[test]
 fn detaches_writes_a_pid_file_and_sigterm_removes_it() {
     let dir = TempDir::new("detach");
@@ -1744,15 +1758,7 @@ fn detaches_writes_a_pid_file_and_sigterm_removes_it() {
         .spawn()
         .unwrap();
     let mut guard = KillOnDrop(None);
-    let mut status = None;
-    eventually(WAIT, || {
-        status = parent.try_wait().unwrap();
-        status.is_some()
-    });
-    let Some(status) = status else {
-        let _ = parent.kill();
-        panic!("the parent did not exit within {WAIT:?}");
-    };
+    let status = parent_exit(&mut parent);
     assert_eq!(status.code(), Some(0), "parent exit status");
     let took = started.elapsed();
     assert!(
@@ -1829,15 +1835,7 @@ fn a_detaching_server_that_cannot_write_its_pid_file_says_why_on_the_terminal() 
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let mut status = None;
-    eventually(WAIT, || {
-        status = parent.try_wait().unwrap();
-        status.is_some()
-    });
-    let Some(status) = status else {
-        let _ = parent.kill();
-        panic!("the parent did not exit within {WAIT:?}");
-    };
+    let status = parent_exit(&mut parent);
     assert_eq!(status.code(), Some(1), "parent exit status");
     let mut err = String::new();
     parent
