@@ -118,6 +118,34 @@ fn a_burst_of_ten_thousand_events_reaches_a_reader_that_keeps_up_whole_and_in_or
 }
 
 #[test]
+fn a_reader_catching_up_after_a_pause_is_not_dropped() {
+    // A reader that stopped reading while megabytes piled up (its cursor
+    // pinned, far behind the 250 events the channel caches), then reads
+    // as fast as it can: the server catches it up a write budget a turn,
+    // and must keep what it has yet to send between those turns, even
+    // when a write stopped at the budget rather than at a full socket.
+    const EVENTS: usize = 6_000;
+    let s = Server::start_test(&["-PingInterval", "0"]);
+    let sub = subscribe(&s, "pause");
+    let text = "p".repeat(1000);
+    let texts: Vec<String> = (0..EVENTS).map(|_| text.clone()).collect();
+    let mut ctl = s.ctl();
+    let ids = ctl.add_many("pause", &texts);
+    assert_eq!(ids.len(), EVENTS);
+    let expected: String = (1..=EVENTS)
+        .map(|id| format!("{id}:pause:{text}\n"))
+        .collect();
+    let (_sub, got) = read_on_thread(sub, EVENTS).join().expect("reader thread");
+    assert!(
+        got == expected.as_bytes(),
+        "the reader got {} of {} bytes",
+        got.len(),
+        expected.len()
+    );
+    assert_no_slow_consumer(&s, &mut ctl, "pause");
+}
+
+#[test]
 fn a_second_publisher_is_answered_while_a_burst_is_in_flight() {
     // The channel's room stops the burst every few hundred events.
     second_publisher_during_a_burst(&["-PingInterval", "0"], 1);

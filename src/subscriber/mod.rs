@@ -370,7 +370,7 @@ impl Subscriber {
                     return end;
                 }
                 let step = s.write(&mut self.socket, &ctx.hub.channels, stats, ctx.now);
-                s.pin(&mut ctx.hub.channels);
+                s.pin(&mut ctx.hub.channels, matches!(step, Step::Yield));
                 step
             }
             State::Streaming(s) => {
@@ -393,7 +393,7 @@ impl Subscriber {
                     _ => {}
                 }
                 let step = s.write(socket, &ctx.hub.channels, stats, ctx.now);
-                s.pin(&mut ctx.hub.channels);
+                s.pin(&mut ctx.hub.channels, matches!(step, Step::Yield));
                 match (step, &s.keep) {
                     (
                         Step::Close(reason @ (Reason::ResponseComplete | Reason::MaxMessages)),

@@ -105,11 +105,13 @@ impl Streaming {
         }
     }
 
-    /// Pins its cursors while its socket is full, so that the channels keep
-    /// what it has yet to receive; unpins them once it writes freely.
-    /// A poll holding its events back is pinned the same way.
-    pub fn pin(&mut self, channels: &mut Channels) {
-        let behind = self.blocked_since.is_some() || self.hold_until.is_some();
+    /// Pins its cursors while it is behind, so that the channels keep what
+    /// it has yet to receive: its socket is full, or its last write stopped
+    /// at the turn's budget (`yielded`: a reader catching up after a pause
+    /// may write freely and still be far behind), or it is a poll holding
+    /// its events back. Unpins them once it has written all there is.
+    pub fn pin(&mut self, channels: &mut Channels, yielded: bool) {
+        let behind = self.blocked_since.is_some() || self.hold_until.is_some() || yielded;
         if behind || self.pinned {
             for cursor in &self.cursors {
                 channels.pin(cursor, behind);
